@@ -1,0 +1,187 @@
+"""Job and result models shared by producers and workers.
+
+A :class:`JobSpec` is what a producer asks for; it is validated at ``submit`` and stored as
+JSON in the job record. A :class:`JobResult` is what a worker writes back. Neither ever holds
+a secret: keys are referred to by ``key_id``.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Role = Literal["system", "user", "assistant"]
+Objective = Literal["fairness", "cost", "reliability", "latency"]
+
+#: Hard ceilings that catch absurd values before they reach a queue.
+MAX_OUTPUT_TOKENS_CEILING = 1_000_000
+
+
+class Priority(str, Enum):
+    """Which queue a job goes to. Interactive work is always taken first."""
+
+    interactive = "interactive"
+    batch = "batch"
+
+
+class JobStatus(str, Enum):
+    """Lifecycle of a job record."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    expired = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.expired})
+
+
+class ChatMessage(BaseModel):
+    """One provider-neutral message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str
+
+
+class Usage(BaseModel):
+    """Token usage as the provider reported it (or as estimated when it did not)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class JobSpec(BaseModel):
+    """What a producer asks for. Validation errors name the field (see ``Router.submit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    system_prompt: str | None = None
+    model: str
+    fallback_models: list[str] = Field(default_factory=list)
+    max_output_tokens: int = 1024
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    json_output: bool = False
+    conversation_id: str | None = None
+    user_id: str | None = None
+    priority: Priority = Priority.interactive
+    deadline: float | None = None  # epoch seconds; the job expires if not started by then
+    max_wait: float | None = None  # seconds to wait for room before trying fallback models
+    objective: Objective = "fairness"
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("max_output_tokens")
+    @classmethod
+    def _tokens_in_range(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be a positive number of tokens")
+        if v > MAX_OUTPUT_TOKENS_CEILING:
+            raise ValueError(f"must be at most {MAX_OUTPUT_TOKENS_CEILING}")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_in_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 2.0:
+            raise ValueError("must be between 0 and 2")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a model")
+        return v
+
+    @model_validator(mode="after")
+    def _has_content(self) -> JobSpec:
+        if self.messages is None and (self.prompt is None or not self.prompt.strip()):
+            raise ValueError("prompt: must not be empty (or give messages)")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages: must not be empty")
+        return self
+
+    def chat_messages(self, history: list[ChatMessage] | None = None) -> list[ChatMessage]:
+        """The messages to send: system prompt, then history, then this job's own turn."""
+        out: list[ChatMessage] = []
+        if self.system_prompt:
+            out.append(ChatMessage(role="system", content=self.system_prompt))
+        out.extend(history or [])
+        out.extend(self.turn_messages())
+        return out
+
+    def turn_messages(self) -> list[ChatMessage]:
+        """This job's own new messages (what a conversation appends before the reply)."""
+        if self.messages is not None:
+            return list(self.messages)
+        assert self.prompt is not None
+        return [ChatMessage(role="user", content=self.prompt)]
+
+    def models(self) -> list[str]:
+        """The preferred model, then fallbacks, without duplicates."""
+        seen: list[str] = []
+        for m in [self.model, *self.fallback_models]:
+            if m not in seen:
+                seen.append(m)
+        return seen
+
+
+class JobResult(BaseModel):
+    """What a worker wrote back for a job. ``content`` is None unless it succeeded."""
+
+    job_id: str
+    status: JobStatus
+    content: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    key_id: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    attempts: int = 0
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_wait: float | None = None
+    provider_time: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    conversation_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == JobStatus.succeeded
+
+
+class JobHandle(BaseModel):
+    """What ``submit`` returns: enough to await, cancel or look the job up."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    queue: Priority
+    submitted_at: float = Field(default_factory=time.time)
+    deduplicated: bool = False
+
+    def __str__(self) -> str:
+        return self.job_id

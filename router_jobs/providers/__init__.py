@@ -1,0 +1,1 @@
+"""Provider adapters, one module per provider, behind :mod:`router_jobs.providers.base`."""

@@ -1,0 +1,72 @@
+"""The one small interface every provider adapter implements.
+
+An adapter turns provider-neutral messages into one call of the provider's official SDK
+(with the SDK's own retries off) and returns content, usage and what the provider said about
+its rate limits. Every failure is raised as a subclass of
+:class:`~router_jobs.errors.ProviderError`, with secrets redacted from the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..models import ChatMessage, Usage
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A provider-neutral chat call."""
+
+    model: str
+    messages: list[ChatMessage]
+    max_output_tokens: int = 1024
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    json_output: bool = False
+
+
+@dataclass(frozen=True)
+class RateLimitInfo:
+    """What the provider's response headers said about room left on the key.
+
+    ``None`` means the provider did not say. Reset times are epoch seconds.
+    """
+
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_at: float | None = None
+    reset_tokens_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    """A successful call's content and usage."""
+
+    content: str
+    usage: Usage
+    model: str
+    finish_reason: str | None = None
+    rate_limit: RateLimitInfo | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KeyCredentials:
+    """What an adapter needs to call with one key. ``repr`` never shows the secret."""
+
+    key_id: str
+    api_key: str = field(repr=False)
+    base_url: str | None = None
+    timeout: float = 120.0
+
+
+class ProviderAdapter(Protocol):
+    """A provider's adapter: one ``complete`` call, errors classified."""
+
+    name: str
+
+    def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
+        """Call the provider once; raise a ProviderError subclass on failure."""
+        ...

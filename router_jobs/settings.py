@@ -1,0 +1,108 @@
+"""Settings: one explicit object, read from the environment once and passed around.
+
+Every environment name of the seed system stays valid (``REDIS_URL``, ``SECRET_STORE_TYPE``,
+``VAULT_*``, ``AWS_*``, ``USER_RPM_DEFAULT`` …); names of our own start with ``ROUTER_``.
+Nothing in the library reads the environment except :meth:`Settings.from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .errors import ConfigError
+
+#: environment name -> settings field. The single table of what the settings read.
+ENV_NAMES: dict[str, str] = {
+    "REDIS_URL": "redis_url",
+    "ROUTER_KEYS_FILE": "keys_file",
+    "ROUTER_STATE_DIR": "state_dir",
+    "ROUTER_NAMESPACE": "namespace",
+    "ROUTER_JOB_TTL_SECONDS": "job_ttl_seconds",
+    "ROUTER_VISIBILITY_TIMEOUT_MS": "visibility_timeout_ms",
+    "ROUTER_MAX_DELIVERIES": "max_deliveries",
+    "ROUTER_MAX_PAYLOAD_BYTES": "max_payload_bytes",
+    "ROUTER_MAX_ATTEMPTS": "max_attempts",
+    "ROUTER_DEAD_LETTER_MAXLEN": "dead_letter_maxlen",
+    "ROUTER_LOG_JSON": "log_json",
+    "ROUTER_HISTORY_TOKEN_BUDGET": "history_token_budget",
+    "ROUTER_SECRET_CACHE_TTL": "secret_cache_ttl",
+    "ROUTER_SECRETS_FILE": "secrets_file",
+    "ROUTER_METRICS_PORT": "metrics_port",
+    "PROMETHEUS_MULTIPROC_DIR": "prometheus_multiproc_dir",
+    "SECRET_STORE_TYPE": "secret_store_type",
+    "VAULT_ADDR": "vault_addr",
+    "VAULT_TOKEN": "vault_token",
+    "VAULT_SECRET_PATH": "vault_secret_path",
+    "VAULT_MOUNT_POINT": "vault_mount_point",
+    "AWS_REGION": "aws_region",
+    "AWS_SECRET_PREFIX": "aws_secret_prefix",
+    "AZURE_KEYVAULT_URL": "azure_keyvault_url",
+    "USER_RPM_DEFAULT": "user_rpm_default",
+    "USER_BURST_DEFAULT": "user_burst_default",
+    "GLOBAL_RPM_MAX": "global_rpm_max",
+    "GLOBAL_BURST_MAX": "global_burst_max",
+    "CONVERSATION_TTL_SECONDS": "conversation_ttl_seconds",
+}
+
+
+def default_state_dir() -> Path:
+    """Where the embedded Redis keeps its data when ``ROUTER_STATE_DIR`` is not set."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "router-jobs"
+
+
+class Settings(BaseModel):
+    """Everything router-jobs can be configured with. Build it explicitly or ``from_env()``."""
+
+    redis_url: str | None = None
+    keys_file: Path = Path("keys.json")
+    state_dir: Path = Field(default_factory=default_state_dir)
+    namespace: str = "rj"
+    job_ttl_seconds: int = Field(default=86400, gt=0)
+    visibility_timeout_ms: int = Field(default=30000, ge=200)
+    max_deliveries: int = Field(default=5, ge=1)
+    max_payload_bytes: int = Field(default=1_000_000, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    dead_letter_maxlen: int = Field(default=100_000, gt=0)
+    log_json: bool = False
+    history_token_budget: int | None = None
+    secret_store_type: str = "env"
+    secret_cache_ttl: float = Field(default=60.0, ge=0)
+    secrets_file: Path | None = None
+    metrics_port: int = 9464
+    prometheus_multiproc_dir: Path | None = None
+    vault_addr: str | None = None
+    vault_token: str | None = Field(default=None, repr=False)
+    vault_secret_path: str = "secret/llm"
+    vault_mount_point: str | None = None
+    aws_region: str = "us-east-1"
+    aws_secret_prefix: str = "llm/"
+    azure_keyvault_url: str | None = None
+    user_rpm_default: float = Field(default=10, gt=0)
+    user_burst_default: float = Field(default=20, gt=0)
+    global_rpm_max: float = Field(default=1000, gt=0)
+    global_burst_max: float = Field(default=2000, gt=0)
+    conversation_ttl_seconds: int = Field(default=86400, gt=0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read the settings from the environment (or ``environ``); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field_name in ENV_NAMES.items():
+            raw = env.get(name)
+            if raw is not None and raw != "":
+                values[field_name] = raw
+        values.update(overrides)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field_name = ".".join(str(p) for p in err.get("loc", ()))
+            env_name = next((k for k, v in ENV_NAMES.items() if v == field_name), field_name)
+            raise ConfigError(f"setting {env_name}: {err.get('msg')}", field=field_name) from None
