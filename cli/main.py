@@ -1,0 +1,70 @@
+"""routerctl entry point: parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import click
+
+from router_jobs.errors import RouterJobsError
+from router_jobs.redis_conn import resolve_redis_url
+from router_jobs.settings import Settings
+
+
+@click.group()
+@click.version_option(package_name="router-jobs")
+def cli() -> None:
+    """Operate router-jobs: workers, queues, keys, jobs, conversations, batches."""
+
+
+@cli.command()
+@click.option("--processes", "-p", type=int, default=2, show_default=True, help="worker processes")
+@click.option("--threads", "-t", type=int, default=8, show_default=True, help="threads per process")
+@click.option("--queues", "-Q", multiple=True, help="queues to consume (default: all)")
+def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
+    """Start a pool of worker processes (runs `dramatiq workers`)."""
+    settings = Settings.from_env()
+    env = dict(os.environ)
+    env["REDIS_URL"] = resolve_redis_url(settings)  # workers find the same (embedded) server
+    argv = [sys.executable, "-m", "dramatiq", "workers", "--processes", str(processes),
+            "--threads", str(threads)]
+    if queues:
+        argv += ["--queues", *queues]
+    sys.exit(supervise(argv, env))
+
+
+def supervise(argv: list[str], env: dict[str, str]) -> int:
+    """Run the Dramatiq pool in its own session and forward stop signals to it once.
+
+    Dramatiq's main process already forwards signals to its worker processes; a signal sent
+    to our whole process group would reach each worker twice and turn a graceful stop (which
+    hands prefetched messages back) into a kill. Here only we get group signals.
+    """
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    forwarded = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal forwarded
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM if not forwarded else signal.SIGKILL)
+        forwarded = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    return proc.wait()
+
+
+def main() -> None:
+    """Console-script entry point: library errors become one clear line and exit code 2."""
+    try:
+        cli(standalone_mode=True)
+    except RouterJobsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""The Dramatiq side of router-jobs: ``dramatiq workers`` (or ``routerctl worker``) starts a pool.
+
+Importing this package configures Dramatiq's broker from the environment (the way
+``dramatiq`` expects a worker module to) and declares the actors.
+"""
+
+from .setup import broker
+from . import actors  # noqa: E402,F401  (declares the actors on the broker)
+
+__all__ = ["broker", "actors"]
