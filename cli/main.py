@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import click
 
@@ -24,7 +25,9 @@ def cli() -> None:
 @click.option("--processes", "-p", type=int, default=2, show_default=True, help="worker processes")
 @click.option("--threads", "-t", type=int, default=8, show_default=True, help="threads per process")
 @click.option("--queues", "-Q", multiple=True, help="queues to consume (default: all)")
-def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
+@click.option("--restart/--no-restart", default=True, show_default=True,
+              help="start the pool again when a worker process dies")
+def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool) -> None:
     """Start a pool of worker processes (runs `dramatiq workers`)."""
     settings = Settings.from_env()
     env = dict(os.environ)
@@ -33,28 +36,37 @@ def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
             "--threads", str(threads)]
     if queues:
         argv += ["--queues", *queues]
-    sys.exit(supervise(argv, env))
+    sys.exit(supervise(argv, env, restart=restart))
 
 
-def supervise(argv: list[str], env: dict[str, str]) -> int:
-    """Run the Dramatiq pool in its own session and forward stop signals to it once.
+def supervise(argv: list[str], env: dict[str, str], *, restart: bool = True) -> int:
+    """Run the Dramatiq pool in its own session; forward stop signals once; restart on crash.
 
     Dramatiq's main process already forwards signals to its worker processes; a signal sent
     to our whole process group would reach each worker twice and turn a graceful stop (which
-    hands prefetched messages back) into a kill. Here only we get group signals.
+    hands prefetched messages back) into a kill, so the pool gets its own session. Dramatiq
+    stops the whole pool when one worker process dies; we start it again (after a short
+    pause) so that the work goes on and a job that keeps crashing workers reaches the
+    dead-letter stream by its delivery count.
     """
-    proc = subprocess.Popen(argv, env=env, start_new_session=True)
-    forwarded = False
+    stopping = False
+    proc: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal forwarded
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM if not forwarded else signal.SIGKILL)
-        forwarded = True
+        nonlocal stopping
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM if not stopping else signal.SIGKILL)
+        stopping = True
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    return proc.wait()
+    while True:
+        proc = subprocess.Popen(argv, env=env, start_new_session=True)
+        code = proc.wait()
+        if stopping or not restart or code == 0:
+            return code
+        click.echo(f"routerctl: worker pool exited with code {code}; restarting in 1s", err=True)
+        time.sleep(1.0)
 
 
 def main() -> None:

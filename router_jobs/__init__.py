@@ -3,8 +3,9 @@
 from .errors import *  # noqa: F401,F403
 from .models import ChatMessage, JobHandle, JobResult, JobSpec, JobStatus, Priority, Usage
 from .settings import Settings
+from .client import Router
 
 __all__ = [
-    "ChatMessage", "JobHandle", "JobResult", "JobSpec", "JobStatus", "Priority", "Settings", "Usage",
+    "ChatMessage", "Router", "JobHandle", "JobResult", "JobSpec", "JobStatus", "Priority", "Settings", "Usage",
 ]
 __version__ = "0.1.0"
