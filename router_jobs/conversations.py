@@ -41,6 +41,7 @@ from .errors import JobValidationError
 from .keyspace import Keyspace
 from .models import ChatMessage
 from .scripts import Scripts
+from .settings import Settings
 
 _INT_FIELDS = ("message_count", "total_tokens")
 _FLOAT_FIELDS = ("created_at", "updated_at")
@@ -81,6 +82,11 @@ class ConversationStore:
         self.keyspace = keyspace
         self.ttl_seconds = int(ttl_seconds)
         self._scripts = Scripts(client)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> ConversationStore:
+        """A store under ``settings.namespace`` with ``CONVERSATION_TTL_SECONDS``."""
+        return cls(client, Keyspace(settings.namespace), ttl_seconds=settings.conversation_ttl_seconds)
 
     # -- keys
     def _keys(self, conv_id: str) -> list[str]:

@@ -130,6 +130,12 @@ def test_ttl_set_and_refreshed_on_use(r: redis.Redis, namespace: str) -> None:
     assert r.ttl(ks.conv_meta("c")) > 990
 
 
+def test_from_settings_uses_namespace_and_ttl(r: redis.Redis, namespace: str) -> None:
+    store = ConversationStore.from_settings(r, Settings(namespace=namespace, conversation_ttl_seconds=123))
+    store.create("c")
+    assert 100 < r.ttl(Keyspace(namespace).conv_meta("c")) <= 123
+
+
 def test_expired_conversation_is_gone(r: redis.Redis, namespace: str) -> None:
     store = ConversationStore(r, Keyspace(namespace), ttl_seconds=1)
     turn(store, "c", 1)

