@@ -55,3 +55,44 @@ class Keyspace:
 
     def conv_meta(self, conv_id: str) -> str:
         return f"{self.ns}:{{conv:{conv_id}}}:meta"
+
+    def conv_applied(self, conv_id: str) -> str:
+        """Set of job ids whose turn was already appended (makes appends idempotent)."""
+        return f"{self.ns}:{{conv:{conv_id}}}:applied"
+
+    def conv_meta_pattern(self, pattern: str = "*") -> str:
+        """SCAN pattern matching the metadata hash of conversations whose id matches ``pattern``."""
+        return f"{self.ns}:{{conv:{pattern}}}:meta"
+
+    # -- conversation turn ordering (same hash tag as the conversation)
+    def conv_turn_seq(self, conv_id: str) -> str:
+        """Counter of turn numbers handed out at submit (INCR)."""
+        return f"{self.ns}:{{conv:{conv_id}}}:turn:seq"
+
+    def conv_turn_gate(self, conv_id: str) -> str:
+        """Hash: ``done`` (every turn <= done finished), ``since`` (ms, last movement), ``running``."""
+        return f"{self.ns}:{{conv:{conv_id}}}:turn:gate"
+
+    def conv_turn_finished(self, conv_id: str) -> str:
+        """Set of turn numbers finished ahead of the gate (out of order, e.g. cancelled)."""
+        return f"{self.ns}:{{conv:{conv_id}}}:turn:finished"
+
+    # -- submit limits: every bucket under one hash tag so user + global run in one script
+    def limits_global(self) -> str:
+        return f"{self.ns}:{{limits}}:global"
+
+    def limits_user(self, user_id: str) -> str:
+        return f"{self.ns}:{{limits}}:user:{user_id}"
+
+    def limits_overrides(self) -> str:
+        """Hash user_id -> ``"<rpm>:<burst>"``: per-user limits that replace the defaults."""
+        return f"{self.ns}:{{limits}}:overrides"
+
+    # -- budgets (spend per UTC day, caps)
+    def budget_spend(self, day: str) -> str:
+        """Hash ``user:<id>`` / ``key:<id>`` / ``model:<name>`` -> USD spent on ``day`` (YYYY-MM-DD)."""
+        return f"{self.ns}:{{budget}}:spend:{day}"
+
+    def budget_caps(self) -> str:
+        """Hash ``user:<id>`` / ``key:<id>`` -> daily cap in USD."""
+        return f"{self.ns}:{{budget}}:caps"

@@ -1,0 +1,81 @@
+"""The conversation, limit and budget scripts run unchanged on a Redis Cluster (one node,
+every slot): the server refuses any command whose keys span slots (CROSSSLOT)."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, ResponseError
+
+from router_jobs.budgets import Budgets
+from router_jobs.conversations import ConversationStore
+from router_jobs.keyspace import Keyspace
+from router_jobs.models import ChatMessage
+from router_jobs.settings import Settings
+from router_jobs.userlimits import UserLimiter
+from tests.redis_server import RedisServer
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    pytest.skip("no free port pair for a cluster node")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    server = RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", port=cluster_port())
+    try:
+        plain = redis.Redis(port=server.port)
+        plain.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
+        deadline = time.monotonic() + 10
+        while b"cluster_state:ok" not in plain.execute_command("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                pytest.fail("single-node cluster did not come up")
+            time.sleep(0.05)
+        client = RedisCluster(host="127.0.0.1", port=server.port)
+        yield client
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_the_cluster_refuses_cross_slot_scripts(cluster: RedisCluster) -> None:
+    script = cluster.register_script("return redis.call('GET', KEYS[1])")
+    with pytest.raises((ResponseError, RedisClusterException)):
+        script(keys=["a:{one}", "b:{two}"], args=[])
+
+
+def test_scripts_run_on_a_cluster(cluster: RedisCluster, namespace: str) -> None:
+    ks = Keyspace(namespace)
+    store = ConversationStore(cluster, ks)  # type: ignore[arg-type]
+    seq = store.next_turn_seq("c")
+    assert store.turn_gate("c", seq)
+    assert store.append_turn("c", [ChatMessage(role="user", content="q")], ChatMessage(role="assistant", content="a"),
+                             tokens=1, model="m", key_id="k", provider="fake", job_id="j")
+    assert store.finish_turn("c", seq) == 1
+    assert store.truncate("c", 1) == 1
+    assert store.history("c") == [ChatMessage(role="assistant", content="a")]
+
+    limiter = UserLimiter(cluster, ks, Settings(user_burst_default=2))  # type: ignore[arg-type]
+    assert [limiter.acquire("alice") for _ in range(3)][:2] == [0.0, 0.0]
+
+    budgets = Budgets(cluster, ks)  # type: ignore[arg-type]
+    budgets.set_cap("user:alice", 1.0)
+    budgets.record("k", "m", "alice", 0.5)
+    budgets.check("alice", "k", estimated_cost=0.5)
+    assert budgets.report()["users"] == {"alice": pytest.approx(0.5)}
