@@ -35,7 +35,7 @@ def ours(url: str, n: int) -> list[float]:
         router.await_result(router.submit("warm up", model="fake-model"), timeout=60)
         out = []
         for i in range(n):
-            time.sleep(0.02)  # let the worker go idle again
+            time.sleep(0.25)  # let the worker go idle again
             t = time.perf_counter()
             router.await_result(router.submit(f"p{i}", model="fake-model", max_output_tokens=16), timeout=30)
             out.append(time.perf_counter() - t)
@@ -55,7 +55,7 @@ def stock(url: str, n: int) -> list[float]:
         _common.wait_ready(client, "lat-stock:ready")
         out = []
         for i in range(n):
-            time.sleep(0.02)
+            time.sleep(0.25)  # idle, as between the interactive requests of an agent
             t = time.perf_counter()
             bench_actors.noop.send(reply_to=f"lat-stock:r{i}")
             client.blpop([f"lat-stock:r{i}"], timeout=30)
@@ -67,7 +67,7 @@ def stock(url: str, n: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--requests", type=int, default=200)
     args = ap.parse_args()
     server = _common.RedisServer()
     try:

@@ -16,13 +16,16 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from .errors import JobExpired, JobTimeout, JobValidationError
+from .budgets import Budgets
+from .conversations import ConversationStore, check_conv_id
+from .errors import JobExpired, JobTimeout, JobValidationError, SubmitRateLimited
 from .jobstore import JobStore, new_job_id, parse_result, raise_for_result
 from .keys import KeysFile, load_keys
 from .keyspace import Keyspace
 from .models import JobHandle, JobResult, JobSpec, JobStatus
 from .redis_conn import connect, resolve_redis_url
 from .settings import Settings
+from .userlimits import UserLimiter
 
 JobRef = JobHandle | str
 
@@ -86,6 +89,9 @@ class Router:
         self.client = client if client is not None else connect(self.url or "")
         self.keyspace = Keyspace(settings.namespace)
         self.jobs = JobStore(self.client, self.keyspace, settings.job_ttl_seconds)
+        self.conversations = ConversationStore.from_settings(self.client, settings)
+        self.limiter = UserLimiter(self.client, self.keyspace, settings)
+        self.budgets = Budgets(self.client, self.keyspace)
         if keys is None and settings.keys_file.exists():
             keys = load_keys(settings.keys_file)
         self.keys = keys
@@ -110,19 +116,47 @@ class Router:
         """Models some active key serves (None when no key configuration is known)."""
         return self.keys.models() if self.keys is not None else None
 
-    def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0, **fields: Any) -> JobHandle:
+    def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
+               on_rate_limit: str = "raise", **fields: Any) -> JobHandle:
         """Validate and enqueue one job; returns its handle at once.
 
         ``fields`` are those of :class:`~router_jobs.models.JobSpec` (messages, system_prompt,
-        max_output_tokens, temperature, priority, deadline, idempotency_key, metadata, …).
-        ``delay`` holds the job back that many seconds. Raises JobValidationError.
+        max_output_tokens, temperature, priority, deadline, idempotency_key, conversation_id,
+        user_id, metadata, …). ``delay`` holds the job back that many seconds.
+
+        A job with a ``user_id`` passes that user's token bucket and the global one, and the
+        user's daily budget: over a limit, ``on_rate_limit="raise"`` raises SubmitRateLimited
+        (with ``retry_after``), ``"delay"`` enqueues it to run once the buckets allow.
+        Raises JobValidationError (nothing enqueued) for a malformed job, BudgetExceeded when
+        a cap is reached.
         """
+        if on_rate_limit not in ("raise", "delay"):
+            raise JobValidationError("on_rate_limit", "must be 'raise' or 'delay'")
         spec = validate_spec({"prompt": prompt, "model": model, **fields}, self.settings, self.served_models())
+        if spec.conversation_id is not None:
+            check_conv_id(spec.conversation_id)
+        if spec.user_id is not None:
+            self.budgets.check(spec.user_id)
+            wait = self.limiter.acquire(spec.user_id)
+            if wait > 0:
+                if on_rate_limit == "raise" or wait == float("inf"):
+                    scope = self.limiter.decide(spec.user_id, take=False).scope or "user"
+                    raise SubmitRateLimited(scope, wait)
+                delay = max(delay, wait)
         return self.submit_spec(spec, delay=delay)
 
     def submit_spec(self, spec: JobSpec, *, delay: float = 0.0, job_id: str | None = None) -> JobHandle:
-        """Enqueue an already validated spec (same idempotency rules as ``submit``)."""
+        """Enqueue an already validated spec (same idempotency rules as ``submit``).
+
+        A conversation turn draws its turn number here: turns run in submission order.
+        """
+        if spec.conversation_id is not None and spec.turn_seq is None:
+            if not self.conversations.exists(spec.conversation_id):
+                self.conversations.create(spec.conversation_id, system_prompt=spec.system_prompt)
+            spec = spec.model_copy(update={"turn_seq": self.conversations.next_turn_seq(spec.conversation_id)})
         job_id, existed = self.jobs.submit(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000))
+        if existed and spec.conversation_id is not None and spec.turn_seq is not None:
+            self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
         return JobHandle(job_id=job_id, queue=spec.priority, deduplicated=existed)
 
     # -- looking up --------------------------------------------------------------------------
@@ -140,8 +174,11 @@ class Router:
         queue = spec.priority.value if spec else "interactive"
         result = JobResult(job_id=job_id, status=JobStatus.cancelled, queued_at=current.queued_at,
                            finished_at=time.time(), error_type="cancelled", error_message="cancelled by request",
-                           attempts=current.attempts)
-        return self.jobs.finish(result, queue=queue, only_if_queued=True) == 1
+                           attempts=current.attempts, conversation_id=spec.conversation_id if spec else None)
+        cancelled = self.jobs.finish(result, queue=queue, only_if_queued=True) == 1
+        if cancelled and spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:
+            self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)
+        return cancelled
 
     # -- awaiting ----------------------------------------------------------------------------
     def await_result(self, job: JobRef, timeout: float | None = 60.0, *, raise_on_error: bool = True) -> JobResult:

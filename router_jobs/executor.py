@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import errors
+from .budgets import Budgets
+from .chat import ChatTurns
 from .jobstore import JobStore, StartedJob
+from .keys import Cost
 from .models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from .pool import Grant, KeyPool, ReserveRequest, Wait
 from .providers.base import ChatRequest, KeyCredentials, ProviderAdapter
@@ -80,7 +83,9 @@ class Executor:
     estimate_tokens: Callable[[list[ChatMessage], str], int]
     max_attempts: int = 6
     observer: Observer = field(default_factory=NullObserver)
-    history_for: Callable[[JobSpec], list[ChatMessage]] | None = None
+    chat: ChatTurns | None = None
+    budgets: Budgets | None = None
+    key_cost: Callable[[str], Cost | None] | None = None
 
     def run(self, job_id: str, queue: str, defer: Callable[[int], None]) -> str:
         """Handle one delivery of ``job_id``. ``defer(ms)`` sends this delivery back for later.
@@ -97,8 +102,18 @@ class Executor:
         if spec.deadline is not None and job.now > spec.deadline:
             return self._end(job, queue, JobStatus.expired, "expired", "deadline passed before the job could run")
 
-        history = self.history_for(spec) if self.history_for is not None else []
-        messages = spec.chat_messages(history)
+        if self.chat is not None and spec.conversation_id is not None:
+            ahead = self.chat.gate(spec)
+            if ahead < 0:
+                return self._end(job, queue, JobStatus.failed, "turn_skipped",
+                                 "an earlier turn of the conversation stalled past the stall timeout")
+            if ahead > 0:  # earlier turns still open: come back soon, holding no thread
+                self.jobs.park(job.job_id, attempts=job.attempts, excluded=job.excluded)
+                defer(min(1000, 25 * ahead))
+                return "deferred"
+            messages = self.chat.messages(spec)
+        else:
+            messages = spec.chat_messages()
         input_tokens = self.estimate_tokens(messages, spec.model)
         waited = job.now - job.queued_at
         use_fallbacks = spec.max_wait is None or waited >= spec.max_wait
@@ -170,6 +185,13 @@ class Executor:
         self.pool.settle(grant, response.usage)
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)
         self.observer.provider_call(grant, seconds, None, response.usage)
+        if self.chat is not None:
+            self.chat.record(job.job_id, spec, response.content, response.usage, grant)
+        if self.budgets is not None and self.key_cost is not None:
+            cost = self.key_cost(grant.key_id)
+            if cost is not None:
+                self.budgets.record_usage(cost, response.usage, key_id=grant.key_id, model=grant.model,
+                                          user_id=spec.user_id)
         return self._end(
             job, queue, JobStatus.succeeded, None, None, attempts=attempts, grant=grant,
             content=response.content, usage=response.usage, provider_time=seconds,
@@ -212,4 +234,6 @@ class Executor:
         )
         if self.jobs.finish(result, queue=queue) == 1:
             self.observer.job_finished(spec, result)
+        if self.chat is not None:
+            self.chat.finish(spec)
         return status.value

@@ -83,6 +83,7 @@ class JobSpec(BaseModel):
     stop: list[str] | None = None
     json_output: bool = False
     conversation_id: str | None = None
+    turn_seq: int | None = None  # set by submit for conversation turns: their order
     user_id: str | None = None
     priority: Priority = Priority.interactive
     deadline: float | None = None  # epoch seconds; the job expires if not started by then
