@@ -104,7 +104,7 @@ class FakeProviderServer:
         """Start serving in a daemon thread; returns :attr:`base_url`."""
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = _Server((self._host, self._port), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"fake-{self.provider}", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name=f"fake-{self.provider}", daemon=True)
         self._thread.start()
         return self.base_url
 
@@ -177,9 +177,7 @@ class FakeProviderServer:
 
     def _admit(self, key: str, tokens: int) -> tuple[str | None, float]:
         """Check and charge the key's rolling window; (limit kind hit or None, wait s)."""
-        limit = self._limits.get(key) or self._limits.get("*")
-        if limit is None:
-            return None, 0.0
+        limit = self._limits.get(key) or self._limits.get("*") or KeyLimit()
         now = time.monotonic()
         with self._lock:
             log = self._admitted.setdefault(key, deque())

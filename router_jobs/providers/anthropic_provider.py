@@ -1,8 +1,9 @@
 """Anthropic adapter (``anthropic`` SDK, Messages API).
 
 System messages go to the ``system`` parameter; the SDK's retries are off (``max_retries=0``),
-since by default it retries 429/5xx twice and obeys any retry-after length. Anthropic has no
-plain JSON mode; ``json_output`` is recorded in ``details`` and left to the prompt.
+since by default it retries 429/5xx twice and obeys any retry-after length. ``json_output``
+asks for structured output with the schema ``{"type": "object"}``. The SDK no longer types
+``temperature``/``top_p``; they are sent as extra body fields when given.
 
 ``input_tokens`` in Anthropic's usage excludes cache reads and writes; the neutral
 :class:`~router_jobs.models.Usage` counts every input token, with cache reads as ``cached``.
@@ -49,12 +50,17 @@ def anthropic_params(request: ChatRequest) -> dict[str, Any]:
     }
     if system:
         params["system"] = system
+    sampling: dict[str, float] = {}
     if request.temperature is not None:
-        params["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
+        sampling["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
     if request.top_p is not None:
-        params["top_p"] = request.top_p
+        sampling["top_p"] = request.top_p
+    if sampling:  # no longer typed arguments of the SDK; older models still take them
+        params["extra_body"] = sampling
     if request.stop:
         params["stop_sequences"] = list(request.stop)
+    if request.json_output:
+        params["output_config"] = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
     return params
 
 
@@ -94,8 +100,6 @@ class AnthropicAdapter:
         details = {"id": str(message.id)}
         if headers.get("request-id"):
             details["request_id"] = headers["request-id"]
-        if request.json_output:
-            details["json_output"] = "prompt"
         return ChatResponse(
             content=text,
             usage=_usage(message.usage),
