@@ -7,19 +7,14 @@ The cache key holds a digest of the secret, never the secret itself.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ..secrets import secret_fingerprint
 from .base import KeyCredentials
 
 C = TypeVar("C")
-
-
-def secret_fingerprint(secret: str) -> str:
-    """A short, non-reversible digest of a secret, to notice rotation without keeping it."""
-    return hashlib.sha256(("router-jobs:" + secret).encode()).hexdigest()[:16]
 
 
 class ClientCache(Generic[C]):
