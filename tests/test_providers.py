@@ -232,3 +232,12 @@ def test_connection_refused_is_transient(server: FakeProviderServer) -> None:
     creds = KeyCredentials("k9", SECRET, base, 2)
     with pytest.raises(TransientProviderError):
         get_adapter(server.provider).complete(ChatRequest(model="m", messages=MSGS), creds)
+
+
+def test_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import router_jobs.providers as registry
+
+    monkeypatch.setitem(registry.PROVIDERS, "ghost", ("ghost_provider_missing", "Ghost", (), "ghost"))
+    with pytest.raises(ConfigError) as info:
+        get_adapter("ghost")
+    assert "router-jobs[ghost]" in str(info.value)
