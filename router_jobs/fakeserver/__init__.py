@@ -1,0 +1,16 @@
+"""Local fake provider servers speaking OpenAI's, Anthropic's and Gemini's real wire formats.
+
+Used by the tests (every adapter runs through its real SDK against them) and by the demo.
+Stdlib only. See :class:`FakeProviderServer` for keys, limits, latency and failure
+injection, and :mod:`router_jobs.fakeserver.wire` for the scenario names.
+
+Command line (for the demo and containers)::
+
+    python -m router_jobs.fakeserver --provider openai --port 8001 --key k1=sk-secret \\
+        --limit k1=rpm:60,tpm:100000 --latency 0.05
+"""
+
+from .server import PROVIDERS, FakeProviderServer, KeyLimit, Record
+from .wire import Scenario
+
+__all__ = ["FakeProviderServer", "KeyLimit", "PROVIDERS", "Record", "Scenario"]

@@ -1,0 +1,110 @@
+"""Anthropic adapter (``anthropic`` SDK, Messages API).
+
+System messages go to the ``system`` parameter; the SDK's retries are off (``max_retries=0``),
+since by default it retries 429/5xx twice and obeys any retry-after length. ``json_output``
+asks for structured output with the schema ``{"type": "object"}``. The SDK no longer types
+``temperature``/``top_p``; they are sent as extra body fields when given.
+
+``input_tokens`` in Anthropic's usage excludes cache reads and writes; the neutral
+:class:`~router_jobs.models.Usage` counts every input token, with cache reads as ``cached``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+
+from ..errors import ContentBlocked, ProviderError
+from ..models import Usage
+from . import errors_map as em
+from ._clients import ClientCache
+from .base import ChatRequest, ChatResponse, KeyCredentials
+
+
+def _build_client(creds: KeyCredentials) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        api_key=creds.api_key, base_url=creds.base_url, timeout=creds.timeout, max_retries=0
+    )
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    cache_read = int(getattr(raw, "cache_read_input_tokens", 0) or 0)
+    cache_write = int(getattr(raw, "cache_creation_input_tokens", 0) or 0)
+    return Usage(
+        input_tokens=int(getattr(raw, "input_tokens", 0) or 0) + cache_read + cache_write,
+        output_tokens=int(getattr(raw, "output_tokens", 0) or 0),
+        cached_tokens=cache_read,
+    )
+
+
+def anthropic_params(request: ChatRequest) -> dict[str, Any]:
+    """The Messages API arguments for a neutral request (system split out)."""
+    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+    params: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_output_tokens,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+    }
+    if system:
+        params["system"] = system
+    sampling: dict[str, float] = {}
+    if request.temperature is not None:
+        sampling["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
+    if request.top_p is not None:
+        sampling["top_p"] = request.top_p
+    if sampling:  # no longer typed arguments of the SDK; older models still take them
+        params["extra_body"] = sampling
+    if request.stop:
+        params["stop_sequences"] = list(request.stop)
+    if request.json_output:
+        params["output_config"] = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+    return params
+
+
+class AnthropicAdapter:
+    """Messages through the official ``anthropic`` SDK."""
+
+    name = "anthropic"
+
+    def __init__(self) -> None:
+        self._clients: ClientCache[anthropic.Anthropic] = ClientCache(_build_client)
+
+    def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
+        """One message; raises a classified, redacted ProviderError on failure."""
+        client = self._clients.get(creds)
+        secrets = (creds.api_key,)
+        failure: ProviderError | None = None
+        try:
+            raw = client.messages.with_raw_response.create(**anthropic_params(request))
+            headers = em.lower_headers(raw.headers)
+            message = raw.parse()
+        except anthropic.APIStatusError as exc:
+            failure = em.classify_anthropic(
+                exc.status_code, em.lower_headers(exc.response.headers), exc.body,
+                provider=self.name, secrets=secrets, fallback_message=exc.message,
+            )
+        except anthropic.APITimeoutError:
+            failure = em.transient(f"request timed out after {creds.timeout}s", provider=self.name)
+        except anthropic.APIConnectionError as exc:
+            failure = em.transient(f"connection error: {exc.message}", provider=self.name, secrets=secrets)
+        except anthropic.AnthropicError as exc:
+            failure = em.transient(f"unexpected response: {type(exc).__name__}", provider=self.name)
+        if failure is not None:
+            raise failure  # raised outside the except block: no SDK exception in its context
+        if message.stop_reason == "refusal":
+            raise ContentBlocked(f"{self.name}: the model refused to answer", provider=self.name, status=200)
+        text = "".join(getattr(b, "text", "") for b in message.content if getattr(b, "type", "") == "text")
+        details = {"id": str(message.id)}
+        if headers.get("request-id"):
+            details["request_id"] = headers["request-id"]
+        return ChatResponse(
+            content=text,
+            usage=_usage(message.usage),
+            model=str(message.model or request.model),
+            finish_reason=message.stop_reason,
+            rate_limit=em.anthropic_rate_limit(headers),
+            details=details,
+        )

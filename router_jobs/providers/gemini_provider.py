@@ -1,0 +1,135 @@
+"""Gemini adapter (``google-genai`` SDK, ``from google import genai``).
+
+The older ``google-generativeai`` package lost all support on 2025-11-30; this adapter uses
+its successor. System messages go to ``system_instruction`` and the assistant role is
+Gemini's ``model``. The SDK retries nothing unless ``HttpRetryOptions`` is given; we pass
+``attempts=1`` explicitly, which also turns off its implicit retry of connection errors.
+
+Gemini counts thinking tokens (``thoughtsTokenCount``) apart from the answer but bills them
+as output, so :class:`~router_jobs.models.Usage` adds them to ``output_tokens`` and reports
+them as ``reasoning_tokens`` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from ..errors import ContentBlocked, ProviderError
+from ..models import Usage
+from . import errors_map as em
+from ._clients import ClientCache
+from .base import ChatRequest, ChatResponse, KeyCredentials
+
+_TIMEOUTS: tuple[type[BaseException], ...] = (httpx.TimeoutException,)
+_TRANSPORT: tuple[type[BaseException], ...] = (httpx.TransportError,)
+try:  # the SDK uses httpx2 when it is installed
+    import httpx2
+
+    _TIMEOUTS += (httpx2.TimeoutException,)
+    _TRANSPORT += (httpx2.TransportError,)
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
+
+_BLOCKING_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+
+
+def _build_client(creds: KeyCredentials) -> genai.Client:
+    options = types.HttpOptions(
+        base_url=creds.base_url,
+        api_version="v1beta",
+        timeout=max(1, int(creds.timeout * 1000)),
+        retry_options=types.HttpRetryOptions(attempts=1),
+    )
+    return genai.Client(api_key=creds.api_key, http_options=options)
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    thoughts = int(getattr(raw, "thoughts_token_count", 0) or 0)
+    return Usage(
+        input_tokens=int(getattr(raw, "prompt_token_count", 0) or 0),
+        output_tokens=int(getattr(raw, "candidates_token_count", 0) or 0) + thoughts,
+        cached_tokens=int(getattr(raw, "cached_content_token_count", 0) or 0),
+        reasoning_tokens=thoughts,
+    )
+
+
+def gemini_request(request: ChatRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
+    """The ``contents`` and ``config`` for a neutral request."""
+    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+    contents = [
+        types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)])
+        for m in request.messages
+        if m.role != "system"
+    ]
+    config = types.GenerateContentConfig(
+        system_instruction=system or None,
+        max_output_tokens=request.max_output_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        stop_sequences=list(request.stop) if request.stop else None,
+        response_mime_type="application/json" if request.json_output else None,
+    )
+    return contents, config
+
+
+class GeminiAdapter:
+    """generateContent through the official ``google-genai`` SDK."""
+
+    name = "gemini"
+
+    def __init__(self) -> None:
+        self._clients: ClientCache[genai.Client] = ClientCache(_build_client)
+
+    def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
+        """One generateContent call; raises a classified, redacted ProviderError on failure."""
+        client = self._clients.get(creds)
+        secrets = (creds.api_key,)
+        contents, config = gemini_request(request)
+        failure: ProviderError | None = None
+        try:
+            resp = client.models.generate_content(model=request.model, contents=contents, config=config)
+        except genai_errors.APIError as exc:
+            headers = em.lower_headers(getattr(exc.response, "headers", None))
+            failure = em.classify_gemini(
+                int(exc.code or 0), headers, exc.details, provider=self.name, secrets=secrets,
+                fallback_message=str(exc.message or ""),
+            )
+        except _TIMEOUTS:
+            failure = em.transient(f"request timed out after {creds.timeout}s", provider=self.name)
+        except _TRANSPORT as exc:
+            failure = em.transient(f"connection error: {type(exc).__name__}", provider=self.name)
+        if failure is not None:
+            raise failure  # raised outside the except block: no SDK exception in its context
+        return self._response(resp, request)
+
+    def _response(self, resp: types.GenerateContentResponse, request: ChatRequest) -> ChatResponse:
+        feedback = resp.prompt_feedback
+        if feedback is not None and feedback.block_reason:
+            reason = getattr(feedback.block_reason, "value", str(feedback.block_reason))
+            raise ContentBlocked(f"{self.name}: prompt blocked ({reason})", provider=self.name, status=200)
+        if not resp.candidates:
+            raise ContentBlocked(f"{self.name}: no candidates returned", provider=self.name, status=200)
+        cand = resp.candidates[0]
+        finish = getattr(cand.finish_reason, "value", None) if cand.finish_reason is not None else None
+        parts = (cand.content.parts if cand.content else None) or []
+        text = "".join(p.text for p in parts if p.text and not p.thought)
+        if finish in _BLOCKING_FINISH and not text:
+            raise ContentBlocked(f"{self.name}: answer blocked ({finish})", provider=self.name, status=200)
+        details: dict[str, str] = {}
+        if resp.response_id:
+            details["id"] = resp.response_id
+        return ChatResponse(
+            content=text,
+            usage=_usage(resp.usage_metadata),
+            model=str(resp.model_version or request.model),
+            finish_reason=finish,
+            rate_limit=None,  # the Gemini API sends no rate-limit headers
+            details=details,
+        )

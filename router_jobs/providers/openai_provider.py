@@ -1,0 +1,106 @@
+"""OpenAI adapter (``openai`` SDK); also serves ``openai-compatible`` endpoints.
+
+With a key's ``base_url`` the same adapter talks to any server that speaks OpenAI's chat
+completions protocol: Azure OpenAI's v1 endpoint, vLLM, OpenRouter, Groq and the like. The
+SDK's own retries are off (``max_retries=0``): the broker decides every retry.
+
+Newer OpenAI models take ``max_completion_tokens`` and refuse ``max_tokens``; many
+OpenAI-compatible servers only know ``max_tokens``, so the parameter name follows the provider.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from ..errors import ContentBlocked, ProviderError
+from ..models import Usage
+from . import errors_map as em
+from ._clients import ClientCache
+from .base import ChatRequest, ChatResponse, KeyCredentials
+
+
+def _build_client(creds: KeyCredentials) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=creds.api_key, base_url=creds.base_url, timeout=creds.timeout, max_retries=0
+    )
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    ptd = getattr(raw, "prompt_tokens_details", None)
+    ctd = getattr(raw, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=int(getattr(raw, "prompt_tokens", 0) or 0),
+        output_tokens=int(getattr(raw, "completion_tokens", 0) or 0),
+        cached_tokens=int(getattr(ptd, "cached_tokens", 0) or 0) if ptd else 0,
+        reasoning_tokens=int(getattr(ctd, "reasoning_tokens", 0) or 0) if ctd else 0,
+    )
+
+
+class OpenAIAdapter:
+    """Chat completions through the official ``openai`` SDK."""
+
+    def __init__(self, name: str = "openai") -> None:
+        self.name = name
+        self._clients: ClientCache[openai.OpenAI] = ClientCache(_build_client)
+
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        if self.name == "openai":
+            params["max_completion_tokens"] = request.max_output_tokens
+        else:
+            params["max_tokens"] = request.max_output_tokens
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.top_p is not None:
+            params["top_p"] = request.top_p
+        if request.stop:
+            params["stop"] = list(request.stop)
+        if request.json_output:
+            params["response_format"] = {"type": "json_object"}
+        return params
+
+    def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
+        """One chat completion; raises a classified, redacted ProviderError on failure."""
+        client = self._clients.get(creds)
+        secrets = (creds.api_key,)
+        failure: ProviderError | None = None
+        try:
+            raw = client.chat.completions.with_raw_response.create(**self._params(request))
+            headers = em.lower_headers(raw.headers)
+            completion = raw.parse()
+        except openai.APIStatusError as exc:
+            failure = em.classify_openai(
+                exc.status_code, em.lower_headers(exc.response.headers), exc.body,
+                provider=self.name, secrets=secrets, fallback_message=exc.message,
+            )
+        except openai.APITimeoutError:
+            failure = em.transient(f"request timed out after {creds.timeout}s", provider=self.name)
+        except openai.APIConnectionError as exc:
+            failure = em.transient(f"connection error: {exc.message}", provider=self.name, secrets=secrets)
+        except openai.OpenAIError as exc:
+            failure = em.transient(f"unexpected response: {type(exc).__name__}", provider=self.name)
+        if failure is not None:
+            raise failure  # raised outside the except block: no SDK exception in its context
+        if not completion.choices:
+            raise ContentBlocked(f"{self.name}: response had no choices", provider=self.name, status=200)
+        choice = completion.choices[0]
+        if choice.finish_reason == "content_filter" and not (choice.message.content or ""):
+            raise ContentBlocked(f"{self.name}: answer withheld by the content filter", provider=self.name, status=200)
+        details = {"id": str(completion.id)}
+        if headers.get("x-request-id"):
+            details["request_id"] = headers["x-request-id"]
+        return ChatResponse(
+            content=choice.message.content or "",
+            usage=_usage(completion.usage),
+            model=str(completion.model or request.model),
+            finish_reason=choice.finish_reason,
+            rate_limit=em.openai_rate_limit(headers),
+            details=details,
+        )
