@@ -32,7 +32,6 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=1.0, base=0.02), 6))
     kwargs.setdefault("retry_on_error", RETRIED_ERRORS)
     kwargs.setdefault("health_check_interval", 30)
-    kwargs.setdefault("socket_keepalive", True)
     return redis.Redis.from_url(url, **kwargs)
 
 

@@ -1,19 +1,21 @@
-"""Per-process worker state, built once on first use: Redis, key pool, secrets, adapters."""
+"""Per-process worker state, built once on first use: key pool, secrets, adapters, stores."""
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
-from functools import cache
 
-from router_jobs.errors import ConfigError, SecretStoreError
+from router_jobs.budgets import Budgets
+from router_jobs.chat import ChatTurns
+from router_jobs.conversations import ConversationStore
 from router_jobs.executor import Executor
 from router_jobs.jobstore import JobStore
-from router_jobs.keys import load_keys
-from router_jobs.models import ChatMessage
-from router_jobs.providers.base import ProviderAdapter
-from router_jobs.providers.fake import FakeAdapter
+from router_jobs.keys import Cost, load_keys
+from router_jobs.providers import get_adapter
+from router_jobs.redaction import install_log_redaction
+from router_jobs.secrets import build_secret_store
 from router_jobs.simplepool import SimplePool
+from router_jobs.tokens import estimate_tokens
 
 from .setup import broker, settings
 
@@ -21,23 +23,26 @@ _lock = threading.Lock()
 _executor: Executor | None = None
 
 
-class _EnvSecrets:
-    def get(self, key_id: str) -> str:
-        for name in (f"API_KEY_{key_id.upper().replace('-', '_')}", f"API_KEY_{key_id}"):
-            if os.environ.get(name):
-                return os.environ[name]
-        raise SecretStoreError(f"no secret for key {key_id!r}", key_id=key_id)
-
-
-@cache
-def _adapter(provider: str) -> ProviderAdapter:
-    if provider == "fake":
-        return FakeAdapter()
-    raise ConfigError(f"provider {provider!r} is not available")
-
-
-def _estimate(messages: list[ChatMessage], model: str) -> int:
-    return sum(max(1, len(m.content) // 4) + 4 for m in messages)
+def build_executor() -> Executor:
+    """Everything one worker process needs to run jobs, from the settings."""
+    client, ks = broker.client, broker.keyspace
+    keys = load_keys(settings.keys_file)
+    costs: dict[str, Cost] = {k.key_id: k.cost for k in keys.keys}
+    secrets = build_secret_store(settings)
+    # secrets read by this process are redacted from every log record it writes
+    install_log_redaction(secrets.redactor, logging.getLogger())
+    return Executor(
+        jobs=JobStore(client, ks, settings.job_ttl_seconds),
+        pool=SimplePool(client, ks, keys),
+        secrets=secrets,
+        adapter_for=get_adapter,
+        estimate_tokens=estimate_tokens,
+        max_attempts=settings.max_attempts,
+        chat=ChatTurns(ConversationStore.from_settings(client, settings), estimate_tokens,
+                       settings.history_token_budget),
+        budgets=Budgets(client, ks),
+        key_cost=costs.get,
+    )
 
 
 def executor() -> Executor:
@@ -45,14 +50,5 @@ def executor() -> Executor:
     global _executor
     with _lock:
         if _executor is None:
-            keys = load_keys(settings.keys_file)
-            jobs = JobStore(broker.client, broker.keyspace, settings.job_ttl_seconds)
-            _executor = Executor(
-                jobs=jobs,
-                pool=SimplePool(broker.client, broker.keyspace, keys),
-                secrets=_EnvSecrets(),
-                adapter_for=_adapter,
-                estimate_tokens=_estimate,
-                max_attempts=settings.max_attempts,
-            )
+            _executor = build_executor()
         return _executor
