@@ -302,7 +302,7 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _record_key(raw: bytes) -> str:
+def _record_key(raw: bytes | str) -> str:
     return str(json.loads(raw)["k"])
 
 

@@ -32,8 +32,8 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from .keys import KeyConfig
 from .keyregistry import RegistryCache, compile_limits
+from .keys import KeyConfig
 from .keyspace import Keyspace
 from .scripts import Scripts
 
@@ -183,7 +183,7 @@ class KeyHealth:
             used = [0, 0, 0, 0]
             booked = [0, 0, 0, 0]
             for m in entries:
-                text = m.decode()
+                text = m.decode() if isinstance(m, bytes) else str(m)
                 ts = int(text[len(prefix) : len(prefix) + 15])
                 weights = [int(x) for x in text.rsplit(SEP, 1)[1].split(",")]
                 target = booked if ts > now else used

@@ -98,7 +98,7 @@ class RegistryStore:
         """Make the stored registry exactly ``keys_file`` (key states and usage logs stay)."""
         ks, pool = self.ks, self.pool
         _, old_keys, old_groups = self.read()
-        old_models = {m.decode() for m in self.client.smembers(ks.pool_models(pool))}
+        old_models = {m.decode() if isinstance(m, bytes) else str(m) for m in self.client.smembers(ks.pool_models(pool))}
         new_models = keys_file.models() | {m for k in keys_file.keys for m in k.served_models()}
         pipe = self.client.pipeline(transaction=True)
         for gone in set(old_keys) - {k.key_id for k in keys_file.keys}:

@@ -102,7 +102,8 @@ local function trim(prefix, ms)
   return s
 end
 
--- earliest time >= max(now, last entry) at which w fits in this log; -1: never (w > limit)
+-- earliest time at which w fits in this log (now, or >= the last entry when the live total
+-- has no room: entries are then appended in time order); -1: never (w > limit)
 local function log_fit(prefix, ms, lim, s, w)
   local need = false
   for u = 1, 4 do
@@ -112,9 +113,12 @@ local function log_fit(prefix, ms, lim, s, w)
       if s[u] + w[u] > l then need = true end
     end
   end
+  -- the live total (booked future entries included) leaves room: no window can hold more
+  -- than the total, so the entry may go in now, even before booked slots (refunded room is
+  -- usable at once)
+  if not need then return now end
   local at = now
   if s[5] > at then at = s[5] end
-  if not need then return at end
   local freed = {0, 0, 0, 0}
   local cursor = '[' .. prefix
   local hi = '(' .. prefix .. '\255'
@@ -341,8 +345,16 @@ for mi, model in ipairs(models) do
     if n >= SCAN and not could_ever then scan_cut = true end
     -- infinite scores are keys out of rotation; name them for the reason
     if not could_ever and #grantable == 0 then
-      local dead = redis.call('ZRANGEBYSCORE', fkey, '(inf', '+inf', 'LIMIT', 0, 3)
-      for _, kid in ipairs(dead) do reasons[#reasons + 1] = kid .. ': out of rotation' end
+      local dead = redis.call('ZRANGEBYSCORE', fkey, '+inf', '+inf', 'LIMIT', 0, 3)
+      for _, kid in ipairs(dead) do
+        local st = redis.call('HGET', KEYS[3], kid)
+        local why = 'out of rotation'
+        if st then
+          st = cjson.decode(st)
+          why = st.s .. ((st.r and st.r ~= '') and (' (' .. st.r .. ')') or '')
+        end
+        reasons[#reasons + 1] = kid .. ': ' .. why
+      end
     end
   end
   if #grantable > 0 then
