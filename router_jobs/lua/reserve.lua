@@ -198,10 +198,17 @@ local function key_fit(kid, spec, w)
   return at, why, head
 end
 
-local function rescore(kid, spec, fkey)
+-- keep the free index true for this key: the picked key goes behind the keys idle for longer
+-- (score now); a key with room keeps its place; a key without room moves to when it has some
+local function rescore(kid, spec, fkey, picked)
   local at = key_fit(kid, spec, UNIT)
-  if at < 0 then at = '+inf' end
-  redis.call('ZADD', fkey, 'XX', at, kid)
+  if at < 0 then
+    redis.call('ZADD', fkey, 'XX', '+inf', kid)
+  elseif picked or at > now then
+    redis.call('ZADD', fkey, 'XX', at, kid)
+  else
+    redis.call('ZADD', fkey, 'XX', 'LT', at, kid)
+  end
 end
 
 -- write this reservation's entries at time `at` in every log of the key (and its group)
@@ -271,7 +278,7 @@ if raw then
     end
     take_lease(rec.k, spec, rec)
     local fk = model_keys(rec.m)
-    if fk then rescore(rec.k, spec, fk) end
+    if fk then rescore(rec.k, spec, fk, true) end
     return {'g', rec.k, rec.m, tostring(rec.t)}
   end
   -- came too late for its slot, or the key went out of rotation: give the slot up, choose again
@@ -322,7 +329,7 @@ for mi, model in ipairs(models) do
         best = {at = at, kid = kid, spec = spec, model = model, fkey = fkey}
       end
     end
-    rescore(kid, spec, fkey)
+    rescore(kid, spec, fkey, false)
   end
   if objective == 'cost' then
     local cheap = redis.call('ZRANGE', ckey, 0, SCAN - 1)
@@ -366,7 +373,7 @@ for mi, model in ipairs(models) do
     local rec = {k = pick.kid, g = pick.spec.g or '', m = model, t = now, w = W}
     rec.p = append(pick.kid, pick.spec, now)
     take_lease(pick.kid, pick.spec, rec)
-    rescore(pick.kid, pick.spec, fkey)
+    rescore(pick.kid, pick.spec, fkey, true)
     return {'g', pick.kid, model, tostring(now)}
   end
 end
@@ -376,7 +383,7 @@ if best then
   rec.p = append(best.kid, best.spec, best.at)
   redis.call('HSET', KEYS[6], rid, cjson.encode(rec))
   redis.call('ZADD', KEYS[7], best.at + best.spec.to + grace + keep, rid)
-  rescore(best.kid, best.spec, best.fkey)
+  rescore(best.kid, best.spec, best.fkey, true)
   return {'w', best.at - now, 'booked slot on a full pool', 1}
 end
 if scan_cut then return {'w', 1000, 'no key with room among the first keys scanned', 1} end
