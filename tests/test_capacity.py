@@ -10,7 +10,13 @@ import pytest
 import redis
 
 from router_jobs.capacity import RedisKeyPool
-from router_jobs.errors import ConfigError, KeyInvalid, ProviderRateLimited, QuotaExhausted, TransientProviderError
+from router_jobs.errors import (
+    ConfigError,
+    KeyInvalid,
+    ProviderRateLimited,
+    QuotaExhausted,
+    TransientProviderError,
+)
 from router_jobs.keys import KeyConfig, parse_keys
 from router_jobs.keyspace import Keyspace
 from router_jobs.models import Usage
