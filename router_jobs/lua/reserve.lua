@@ -119,25 +119,25 @@ local function log_fit(prefix, ms, lim, s, w)
   if not need then return now end
   local at = now
   if s[5] > at then at = s[5] end
-  local freed = {0, 0, 0, 0}
-  local cursor = '[' .. prefix
-  local hi = '(' .. prefix .. '\255'
+  -- walk from the newest entry back: the entries that may stay in the window must leave
+  -- room for w; the first one that does not fit must have left the window by then
+  local acc = {0, 0, 0, 0}
+  local lo = '[' .. prefix
+  local cursor = '(' .. prefix .. '\255'
   while true do
-    local batch = redis.call('ZRANGEBYLEX', KEYS[4], cursor, hi, 'LIMIT', 0, 64)
+    local batch = redis.call('ZREVRANGEBYLEX', KEYS[4], cursor, lo, 'LIMIT', 0, 64)
     if #batch == 0 then return at end
     for _, m in ipairs(batch) do
       local ts, ew = parse_member(m, #prefix)
-      local ok = true
       for u = 1, 4 do
-        freed[u] = freed[u] + ew[u]
         local l = lim[u + 1]
-        if l > 0 and s[u] - freed[u] + w[u] > l then ok = false end
+        if l > 0 and acc[u] + ew[u] + w[u] > l then
+          local e = ts + ms + margin
+          if e > at then at = e end
+          return at
+        end
       end
-      if ok then
-        local e = ts + ms + margin
-        if e > at then at = e end
-        return at
-      end
+      for u = 1, 4 do acc[u] = acc[u] + ew[u] end
     end
     cursor = '(' .. batch[#batch]
   end
@@ -311,7 +311,7 @@ for mi, model in ipairs(models) do
   local fkey, ckey = KEYS[10 + 2 * mi - 1], KEYS[10 + 2 * mi]
   local grantable = {}
   local seen = {}
-  local function examine(kid)
+  local function examine(kid, score)
     if seen[kid] then return end
     seen[kid] = true
     if excluded[kid] then reasons[#reasons + 1] = kid .. ': excluded'; return end
@@ -329,13 +329,14 @@ for mi, model in ipairs(models) do
         best = {at = at, kid = kid, spec = spec, model = model, fkey = fkey}
       end
     end
-    rescore(kid, spec, fkey, false)
+    -- a key with room whose score already says so keeps its place without a second check
+    if not (at >= 0 and at <= now and score and score <= now) then rescore(kid, spec, fkey, false) end
   end
   if objective == 'cost' then
     local cheap = redis.call('ZRANGE', ckey, 0, SCAN - 1)
     for _, kid in ipairs(cheap) do
       local sc = redis.call('ZSCORE', fkey, kid)
-      if sc and tonumber(sc) <= now then examine(kid) end
+      if sc and tonumber(sc) <= now then examine(kid, tonumber(sc)) end
       if #grantable >= CHOICE then break end
     end
   end
@@ -346,7 +347,7 @@ for mi, model in ipairs(models) do
       local kid, sc = cands[2 * j - 1], tonumber(cands[2 * j])
       if sc > now and #grantable > 0 then break end
       if best and sc >= best.at then break end
-      examine(kid)
+      examine(kid, sc)
       if #grantable >= CHOICE then break end
     end
     if n >= SCAN and not could_ever then scan_cut = true end
