@@ -96,3 +96,80 @@ class Keyspace:
     def budget_caps(self) -> str:
         """Hash ``user:<id>`` / ``key:<id>`` -> daily cap in USD."""
         return f"{self.ns}:{{budget}}:caps"
+    # -- key pool capacity: everything of one pool shares the hash tag ``{pool:<name>}`` so that
+    # reserve.lua / settle.lua / keystate.lua run on Redis Cluster (one slot per pool).
+    def pool_part(self, pool: str, part: str) -> str:
+        """``<ns>:{pool:<pool>}:<part>``: one key of the pool named ``pool``."""
+        return f"{self.scope(pool)}:{part}"
+
+    def pool_registry(self, pool: str) -> str:
+        """hash key_id -> KeyConfig JSON (no secrets)."""
+        return self.pool_part(pool, "reg")
+
+    def pool_groups(self, pool: str) -> str:
+        """hash group name -> QuotaGroup JSON."""
+        return self.pool_part(pool, "greg")
+
+    def pool_spec(self, pool: str) -> str:
+        """hash key_id -> compact limits JSON read by the Lua scripts."""
+        return self.pool_part(pool, "spec")
+
+    def pool_group_spec(self, pool: str) -> str:
+        """hash group name -> compact limits JSON read by the Lua scripts."""
+        return self.pool_part(pool, "gspec")
+
+    def pool_version(self, pool: str) -> str:
+        """integer bumped on every registry change (workers refresh their cache on change)."""
+        return self.pool_part(pool, "ver")
+
+    def pool_models(self, pool: str) -> str:
+        """set of model names that have a free/cost index."""
+        return self.pool_part(pool, "models")
+
+    def pool_state(self, pool: str) -> str:
+        """hash key_id -> JSON state (absent: active)."""
+        return self.pool_part(pool, "state")
+
+    def pool_log(self, pool: str) -> str:
+        """lex zset: every sliding-window log entry of every scope of the pool."""
+        return self.pool_part(pool, "log")
+
+    def pool_sums(self, pool: str) -> str:
+        """hash "<scope>\\x1f<window ms>\\x1f" -> "requests tokens input output last_ms"."""
+        return self.pool_part(pool, "sums")
+
+    def pool_reservations(self, pool: str) -> str:
+        """hash reservation id -> JSON record (idempotency, settle)."""
+        return self.pool_part(pool, "res")
+
+    def pool_reservation_expiry(self, pool: str) -> str:
+        """zset reservation id -> epoch ms when its record is dropped."""
+        return self.pool_part(pool, "rexp")
+
+    def pool_leases(self, pool: str) -> str:
+        """zset lease member -> epoch ms when the concurrency lease expires by itself."""
+        return self.pool_part(pool, "lease")
+
+    def pool_inflight(self, pool: str) -> str:
+        """hash "k:<key_id>" / "g:<group>" -> leases held."""
+        return self.pool_part(pool, "inflight")
+
+    def pool_stats(self, pool: str) -> str:
+        """hash "<key_id>\\x1f<stat>" -> error/latency EWMAs, overrun counters."""
+        return self.pool_part(pool, "stats")
+
+    def pool_free(self, pool: str, model: str) -> str:
+        """zset key_id -> earliest epoch ms the key may have room (a lower bound; +inf: unusable)."""
+        return self.pool_part(pool, f"free:{model}")
+
+    def pool_cost(self, pool: str, model: str) -> str:
+        """zset key_id -> list price (input + output USD per million tokens)."""
+        return self.pool_part(pool, f"cost:{model}")
+
+    def key_counters(self, pool: str, key_id: str) -> str:
+        """hash "ok:<minute>" / "er:<minute>" -> calls of one key in that minute."""
+        return self.pool_part(pool, f"ctr:{key_id}")
+
+    def key_latency(self, pool: str, key_id: str) -> str:
+        """list of the key's latest call latencies (ms)."""
+        return self.pool_part(pool, f"lat:{key_id}")

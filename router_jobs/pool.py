@@ -42,6 +42,9 @@ class Grant:
     output_tokens: int
     base_url: str | None = None
     timeout: float = 120.0
+    #: fingerprint (e.g. a short hash) of the secret used for the call, set by the worker with
+    #: ``dataclasses.replace`` so that a key marked invalid can come back when its secret changes
+    secret_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

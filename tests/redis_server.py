@@ -22,11 +22,14 @@ def free_port() -> int:
 class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>; ``url`` to connect, ``stop()`` to end it."""
 
-    def __init__(self, *extra: str, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self, *extra: str, port: int | None = None, appendonly: bool = False,
+        data_dir: Path | None = None, binary: str | None = None,
+    ) -> None:
         self.port = port or free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="rj-redis-"))
+        self.dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="rj-redis-"))
         cmd = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            binary or redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "yes" if appendonly else "no", "--dir", str(self.dir),
             "--maxmemory-policy", "noeviction", *extra,
         ]

@@ -1,0 +1,264 @@
+"""Capacity benchmarks: reservation latency and backpressure at 5x oversubscription.
+
+Run from the repository root::
+
+    python -m benchmarks.capacity                  # private redis-server, all figures
+    python -m benchmarks.capacity --redis-url redis://127.0.0.1:6390/0 --quick
+
+Prints, side by side with a comparison where one makes sense:
+
+1. ``reserve`` latency p50/p99 with 10, 100 and 1,000 keys in one pool (aim: p99 <= 2 ms at
+   1,000 keys), on a pool with room and on a pool that is full (every call books a slot).
+2. A simulation of 5x oversubscription: worker threads take jobs, ``reserve``; on ``Wait``
+   they sleep ``wait_ms`` and try again with the same reservation id; on a grant they "call"
+   (a short sleep), ``settle`` and take the next job. Figures: attempts per completed job,
+   wake-ups per job that had to wait (aim <= 1.3), wasted wake-ups (woke and still no room),
+   wall time over the theoretical minimum, and the most entries any rolling window held.
+   The comparison is a naive limiter that answers every waiter with the same shared "try
+   again at T" (the time the oldest entry leaves the window).
+
+``run_pool_benchmarks()`` returns the figures as a dict so that other benchmarks (real worker
+processes against fake provider servers) can call and extend it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from router_jobs.capacity import RedisKeyPool
+from router_jobs.keys import parse_keys
+from router_jobs.keyspace import Keyspace
+from router_jobs.models import Usage
+from router_jobs.pool import Grant, ReserveRequest, Wait
+
+# a naive sliding-window limiter for comparison: every waiter is told the same "retry at T"
+NAIVE_LUA = """
+-- KEYS[1] log zset (member -> stamp ms)  ARGV[1] limit  ARGV[2] window ms  ARGV[3] member
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, win = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - win)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  return -1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tonumber(oldest[2]) + win - now + 1
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def reservation_latency(client: redis.Redis, n_keys: int, calls: int, *, full: bool = False) -> dict[str, float]:
+    """p50/p99 (ms) of ``reserve`` with ``n_keys`` keys serving one model."""
+    ns = f"bench{uuid.uuid4().hex[:8]}"
+    limit = 2 if full else 1_000_000
+    keys = [{"key_id": f"k{i:04d}", "model_name": "m", "provider": "fake", "rpm": limit, "tpm": 100_000_000}
+            for i in range(n_keys)]
+    pool = RedisKeyPool(client, Keyspace(ns), parse_keys({"keys": keys}))
+    if full:  # fill every key first; then every measured call books a future slot
+        for _ in range(n_keys * limit):
+            pool.reserve(ReserveRequest(uuid.uuid4().hex, ["m"], 100, 100))
+    for _ in range(50):  # warm up (script load, connection)
+        pool.reserve(ReserveRequest(uuid.uuid4().hex, ["m"], 100, 100))
+    lat = []
+    for _ in range(calls):
+        rid = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        pool.reserve(ReserveRequest(rid, ["m"], 100, 100))
+        lat.append((time.perf_counter() - t0) * 1000)
+    _drop_namespace(client, ns)
+    return {"keys": n_keys, "p50_ms": statistics.median(lat), "p99_ms": percentile(lat, 0.99)}
+
+
+def _drop_namespace(client: redis.Redis, ns: str) -> None:
+    for k in client.scan_iter(match=f"{ns}:*", count=1000):
+        client.delete(k)
+
+
+@dataclass
+class SimResult:
+    scheme: str
+    jobs: int
+    completed: int = 0
+    attempts: int = 0
+    waited_jobs: int = 0
+    wakeups: int = 0
+    wasted_wakeups: int = 0
+    wall: float = 0.0
+    theoretical: float = 0.0
+    stamps: list[float] = field(default_factory=list)
+
+    def row(self, limit_window: float, limit: int) -> dict[str, Any]:
+        st = sorted(self.stamps)
+        worst = max((sum(1 for t in st[i:] if t < st[i] + limit_window) for i in range(len(st))), default=0)
+        return {
+            "scheme": self.scheme,
+            "completed": f"{self.completed}/{self.jobs}",
+            "attempts/job": round(self.attempts / max(1, self.completed), 3),
+            "wakeups/waited job": round(self.wakeups / max(1, self.waited_jobs), 3),
+            "wasted wakeups/job": round(self.wasted_wakeups / max(1, self.completed), 3),
+            "wall/min": round(self.wall / self.theoretical, 3) if self.theoretical else None,
+            "max in any window": f"{worst} (limit {limit})",
+        }
+
+
+def simulate(reserve: Callable[[str], float | None], settle: Callable[[str], None], *, scheme: str, jobs: int,
+             threads: int, call_s: float, capacity: int, window_s: float) -> SimResult:
+    """Worker threads over a shared job list. ``reserve(rid)`` -> None (granted) or seconds to wait."""
+    res = SimResult(scheme, jobs)
+    lock = threading.Lock()
+    todo = list(range(jobs))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                todo.pop()
+            rid = uuid.uuid4().hex
+            waited = False
+            while True:
+                wait = reserve(rid)
+                with lock:
+                    res.attempts += 1
+                    if waited:
+                        res.wakeups += 1
+                        if wait is not None:
+                            res.wasted_wakeups += 1
+                if wait is None:
+                    break
+                if not waited:
+                    with lock:
+                        res.waited_jobs += 1
+                waited = True
+                time.sleep(wait)
+            stamp = time.monotonic()
+            time.sleep(call_s)
+            settle(rid)
+            with lock:
+                res.completed += 1
+                res.stamps.append(stamp)
+
+    t0 = time.monotonic()
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    res.wall = time.monotonic() - t0
+    # the first `capacity` go at once; each later window admits `capacity` more
+    res.theoretical = max(1, -(-jobs // capacity) - 1) * window_s + call_s
+    # (stamps are the client's call times: what a provider's own rolling window would see)
+    return res
+
+
+def oversubscription(client: redis.Redis, *, keys: int = 4, per_key: int = 5, window_s: float = 2.0,
+                     factor: int = 5, windows: int = 5, call_s: float = 0.01, margin_ms: int = 150,
+                     late_ms: int = 100) -> list[dict[str, Any]]:
+    """Booked slots (RedisKeyPool) vs a shared "retry at T", ``factor`` x more workers than capacity."""
+    capacity = keys * per_key
+    jobs = capacity * windows
+    threads = capacity * factor
+    ns = f"bench{uuid.uuid4().hex[:8]}"
+    spec = [{"key_id": f"k{i}", "model_name": "m", "provider": "fake",
+             "windows": [{"limit": per_key, "seconds": window_s}]} for i in range(keys)]
+    pool = RedisKeyPool(client, Keyspace(ns), parse_keys({"keys": spec}), margin_ms=margin_ms, late_ms=late_ms)
+    grants: dict[str, Grant] = {}
+    glock = threading.Lock()
+
+    def booked_reserve(rid: str) -> float | None:
+        out = pool.reserve(ReserveRequest(rid, ["m"], 10, 10))
+        if isinstance(out, Grant):
+            with glock:
+                grants[rid] = out
+            return None
+        assert isinstance(out, Wait) and out.retryable, out
+        return out.wait_ms / 1000
+
+    def booked_settle(rid: str) -> None:
+        with glock:
+            g = grants.pop(rid)
+        pool.settle(g, Usage(input_tokens=10, output_tokens=5))
+
+    booked = simulate(booked_reserve, booked_settle, scheme="booked slots (RedisKeyPool)", jobs=jobs,
+                      threads=threads, call_s=call_s, capacity=capacity, window_s=window_s)
+
+    naive_script = client.register_script(NAIVE_LUA)
+    naive_ns = f"{ns}:naive"
+
+    def naive_reserve(rid: str) -> float | None:
+        # the naive scheme tries keys in order; every waiter gets the same soonest T
+        waits = []
+        for i in range(keys):
+            w = int(naive_script(keys=[f"{naive_ns}:{i}"], args=[per_key, int(window_s * 1000), rid]))
+            if w < 0:
+                return None
+            waits.append(w)
+        return min(waits) / 1000
+
+    naive = simulate(naive_reserve, lambda rid: None, scheme='shared "retry at T"', jobs=jobs, threads=threads,
+                     call_s=call_s, capacity=capacity, window_s=window_s)
+    _drop_namespace(client, ns)
+    return [booked.row(window_s, capacity), naive.row(window_s, capacity)]
+
+
+def run_pool_benchmarks(client: redis.Redis, *, quick: bool = False) -> dict[str, Any]:
+    """Every capacity figure as a dict (printable by :func:`print_report`)."""
+    calls = 500 if quick else 3000
+    latency = [reservation_latency(client, n, calls) for n in (10, 100, 1000)]
+    latency_full = [reservation_latency(client, n, calls // 2, full=True) for n in (10, 100, 1000)]
+    over = oversubscription(client, windows=3 if quick else 5)
+    return {"latency_room": latency, "latency_full": latency_full, "oversubscription": over}
+
+
+def print_report(figures: dict[str, Any]) -> None:
+    print("reserve latency, pool with room (aim p99 <= 2 ms at 1,000 keys)")
+    for row in figures["latency_room"]:
+        print(f"  {row['keys']:>5} keys   p50 {row['p50_ms']:.3f} ms   p99 {row['p99_ms']:.3f} ms")
+    print("reserve latency, full pool (every call books a future slot)")
+    for row in figures["latency_full"]:
+        print(f"  {row['keys']:>5} keys   p50 {row['p50_ms']:.3f} ms   p99 {row['p99_ms']:.3f} ms")
+    print("5x oversubscription (4 keys x 5 per 2 s window, 100 worker threads, 100 jobs; margin 150 ms)")
+    rows = figures["oversubscription"]
+    cols = list(rows[0])
+    width = max(len(c) for c in cols)
+    for c in cols:
+        print(f"  {c:<{width}}  " + "  ".join(f"{str(r[c]):<28}" for r in rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--redis-url", help="use this server (default: start a private one)")
+    ap.add_argument("--quick", action="store_true", help="fewer samples")
+    ns = ap.parse_args()
+    server = None
+    url = ns.redis_url
+    if not url:
+        from tests.redis_server import RedisServer
+
+        server = RedisServer()
+        url = server.url
+    client = redis.Redis.from_url(url)
+    try:
+        print_report(run_pool_benchmarks(client, quick=ns.quick))
+    finally:
+        client.close()
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
