@@ -26,9 +26,8 @@ def ours(url: str, n: int) -> list[float]:
     keys.write_text(json.dumps({"keys": [{"key_id": "lat-1", "model_name": "fake-model", "provider": "fake"}]}))
     env = {"REDIS_URL": url, "ROUTER_NAMESPACE": "lat", "ROUTER_KEYS_FILE": str(keys), "API_KEY_LAT_1": "x"}
     os.environ.update(env)
-    from tests.workerpool import WorkerPool
-
     from router_jobs.client import Router
+    from tests.workerpool import WorkerPool
 
     router = Router.from_env()
     with WorkerPool(env, processes=1, threads=4):

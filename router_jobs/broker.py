@@ -39,6 +39,7 @@ from dramatiq.broker import Broker, Consumer, MessageProxy
 from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from dramatiq.message import Message
+from dramatiq.middleware import Middleware
 
 from .errors import BrokerError
 from .keyspace import Keyspace
@@ -51,16 +52,28 @@ GROUP = "workers"
 LOW_PRIORITY_QUEUES = frozenset({"batch"})
 
 
-def _entry_proxy(entry_id: str, data: bytes) -> _StreamMessage:
-    return _StreamMessage(Message.decode(data), entry_id)
+def _entry_proxy(entry_id: str, data: bytes, redelivered: bool = False) -> _StreamMessage:
+    return _StreamMessage(Message.decode(data), entry_id, redelivered)
 
 
 class _StreamMessage(MessageProxy):
-    """A message proxy that remembers which stream entry delivered it."""
+    """A message proxy that remembers which stream entry delivered it, and whether that
+    entry was taken over from a consumer that died (a suspect)."""
 
-    def __init__(self, message: Message, entry_id: str) -> None:
+    def __init__(self, message: Message, entry_id: str, redelivered: bool = False) -> None:
         super().__init__(message)
         self.entry_id = entry_id
+        self.redelivered = redelivered
+
+
+class StartTracker(Middleware):
+    """Counts starts of redelivered entries, so that poison detection blames only messages
+    that were actually running when their worker died (not ones merely prefetched)."""
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        if getattr(message, "redelivered", False) and isinstance(broker, StreamsBroker):
+            queue = q_name(message.queue_name)
+            broker.client.hincrby(broker.keyspace.starts(queue), getattr(message, "entry_id"), 1)
 
 
 class StreamsBroker(Broker):
@@ -71,7 +84,8 @@ class StreamsBroker(Broker):
       keyspace: key names (namespace prefix).
       visibility_timeout: ms an entry may stay unacknowledged without a heartbeat before
         another consumer takes it over.
-      max_deliveries: deliveries after which an unacknowledged entry is dead-lettered.
+      max_deliveries: starts after which an entry that never got acknowledged (its worker
+        died each time) is dead-lettered.
       dead_letter_maxlen: approximate cap of each dead-letter stream.
       low_priority_prefetch: prefetch cap for low-priority queues (default: half the
         worker's prefetch, i.e. its thread count).
@@ -98,6 +112,7 @@ class StreamsBroker(Broker):
         self.low_priority_prefetch = low_priority_prefetch
         self.queues: set[str] = set()
         self.scripts = Scripts(client)
+        self.add_middleware(StartTracker())
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # -- declaring -------------------------------------------------------------------------
@@ -141,7 +156,7 @@ class StreamsBroker(Broker):
         except redis.RedisError as exc:
             raise BrokerError(f"cannot enqueue on {queue_name!r}: {exc}") from exc
         self.emit_after("enqueue", message, delay)
-        return message  # type: ignore[no-any-return]
+        return message
 
     def defer(self, message: MessageProxy, delay_ms: int) -> None:
         """Acknowledge a delivered message and park a fresh copy for ``delay_ms``, atomically.
@@ -204,7 +219,7 @@ class StreamsBroker(Broker):
 
     def dead_letters(self, queue_name: str, count: int = 100) -> list[dict[str, Any]]:
         """The newest dead-lettered entries of a queue, newest first."""
-        rows = self.client.xrevrange(self.keyspace.dead(queue_name), count=count)
+        rows: Any = self.client.xrevrange(self.keyspace.dead(queue_name), count=count)
         out = []
         for entry_id, fields in rows:
             f = {k.decode(): v for k, v in fields.items()}
@@ -216,6 +231,7 @@ class StreamsBroker(Broker):
                 "args": list(msg.args) if msg else [],
                 "reason": f.get("reason", b"").decode(),
                 "deliveries": int(f.get("deliveries", b"0") or 0),
+                "starts": int(f.get("starts", b"0") or 0),
                 "at": int(f.get("at", b"0") or 0),
             })
         return out
@@ -238,6 +254,8 @@ class StreamConsumer(Consumer):
         self.scripts = broker.scripts
         self.visibility = broker.visibility_timeout
         self._cache: deque[_StreamMessage] = deque()
+        self._suspects: deque[_StreamMessage] = deque()
+        self._suspect_running: str | None = None
         self._acks: list[str] = []
         self._ack_cv = threading.Condition()
         self._closed = False
@@ -257,9 +275,26 @@ class StreamConsumer(Consumer):
             return len(self._inflight)
 
     def _forget(self, message: MessageProxy) -> None:
+        entry_id = getattr(message, "entry_id", "")
         with self._lock:
-            self._inflight.pop(getattr(message, "entry_id", ""), None)
+            self._inflight.pop(entry_id, None)
+            if self._suspect_running == entry_id:
+                self._suspect_running = None
+        if getattr(message, "redelivered", False):
+            self.client.hdel(self.broker.keyspace.starts(self.queue_name), entry_id)
         self._room.set()
+
+    def _next_cached(self) -> _StreamMessage | None:
+        """The next local message: fresh ones first; redelivered ones (suspects) one at a
+        time, so an innocent message is never twice in a crash with a poison one."""
+        if self._cache:
+            return self._cache.popleft()
+        with self._lock:
+            if self._suspects and self._suspect_running is None:
+                msg = self._suspects.popleft()
+                self._suspect_running = msg.entry_id
+                return msg
+        return None
 
     def ack(self, message: MessageProxy) -> None:
         """Acknowledge: XACK + XDEL, group-committed by a flusher thread.
@@ -338,22 +373,22 @@ class StreamConsumer(Consumer):
     # -- maintenance -------------------------------------------------------------------------
     def _heartbeat(self) -> None:
         with self._lock:
-            ids = list(self._inflight)
+            ids: list[Any] = list(self._inflight)
         for i in range(0, len(ids), 500):
             self.client.xclaim(self.stream, GROUP, self.name, 0, ids[i:i + 500], justid=True)
         self.client.hset(self.broker.keyspace.consumers(), self.name, str(time.time()))
 
     def _reclaim(self) -> None:
-        room = self.prefetch - self.outstanding - len(self._cache)
+        room = self.prefetch - self.outstanding
         if room <= 0:
             return
         flat = self.scripts.reclaim(
-            keys=[self.stream, self.dead],
+            keys=[self.stream, self.dead, self.broker.keyspace.starts(self.queue_name)],
             args=[GROUP, self.name, self.visibility, room, self.broker.max_deliveries,
                   self.broker.dead_letter_maxlen],
         )
         for i in range(0, len(flat), 2):
-            self._take(flat[i].decode(), flat[i + 1])
+            self._take(flat[i].decode(), flat[i + 1], redelivered=True)
 
     def _promote(self) -> float:
         """Move due delayed messages; return seconds until the next one falls due."""
@@ -362,10 +397,13 @@ class StreamConsumer(Consumer):
             return 0.0
         return 1.0 if int(wait_ms) < 0 else int(wait_ms) / 1000
 
-    def _take(self, entry_id: str, data: bytes) -> None:
-        msg = _entry_proxy(entry_id, data)
+    def _take(self, entry_id: str, data: bytes, redelivered: bool = False) -> None:
+        msg = _entry_proxy(entry_id, data, redelivered)
         with self._lock:
             self._inflight[entry_id] = msg
+            if redelivered:
+                self._suspects.append(msg)
+                return
         self._cache.append(msg)
 
     def _maintain(self, now: float) -> None:
@@ -382,12 +420,14 @@ class StreamConsumer(Consumer):
     # -- iteration ---------------------------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
         try:
-            if self._cache:
-                return self._cache.popleft()
+            msg = self._next_cached()
+            if msg is not None:
+                return msg
             now = time.monotonic()
             self._maintain(now)
-            if self._cache:
-                return self._cache.popleft()
+            msg = self._next_cached()
+            if msg is not None:
+                return msg
             room = self.prefetch - self.outstanding
             wake = min(self._next_heartbeat, self._next_reclaim, self._next_promote)
             block_ms = int(max(1.0, min(self.timeout, (wake - now) * 1000)))
@@ -396,7 +436,7 @@ class StreamConsumer(Consumer):
                 if self.outstanding >= self.prefetch:
                     self._room.wait(block_ms / 1000)
                 return None
-            reply = self.client.xreadgroup(
+            reply: Any = self.client.xreadgroup(
                 GROUP, self.name, {self.stream: ">"}, count=room, block=block_ms
             )
             for _stream, entries in reply or ():
@@ -406,7 +446,7 @@ class StreamConsumer(Consumer):
                         self.client.xack(self.stream, GROUP, entry_id)
                         continue
                     self._take(entry_id.decode(), data)
-            return self._cache.popleft() if self._cache else None
+            return self._next_cached()
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
         except redis.ResponseError as exc:
@@ -416,7 +456,15 @@ class StreamConsumer(Consumer):
             raise
 
     def close(self) -> None:
-        """Flush pending acks, then forget this consumer in Redis when it holds nothing."""
+        """Hand back what we hold locally, flush acks, forget this consumer when it holds nothing."""
+        with self._lock:
+            held = list(self._cache) + list(self._suspects)
+            self._cache.clear()
+            self._suspects.clear()
+        try:
+            self.requeue(held)
+        except ConnectionClosed:
+            pass  # Redis is gone: the entries stay pending and are reclaimed later
         with self._ack_cv:
             self._closed = True
             self._ack_cv.notify()

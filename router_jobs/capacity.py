@@ -71,9 +71,11 @@ is therefore one slot; run several pools (``pool=``) to spread very large deploy
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -81,7 +83,7 @@ import redis
 from .errors import KeyInvalid, ProviderError, ProviderRateLimited, QuotaExhausted
 from .keyhealth import SEP, KeyHealth, next_pacific_midnight_ms, server_ms
 from .keyregistry import RegistryCache, RegistryStore
-from .keys import KeyConfig, KeysFile
+from .keys import KeyConfig, KeysFile, load_keys
 from .keyspace import Keyspace
 from .models import Usage
 from .pool import Grant, ReserveRequest, Wait
@@ -142,6 +144,24 @@ class RedisKeyPool:
 
     reload = load
 
+    def sync_file(self, path: str | Path) -> bool:
+        """Apply the keys file at ``path`` if its content changed since it was last applied.
+
+        Editing ``keys.json`` takes effect at the next start of any process, while an
+        operator's live changes (add, remove, disable …) survive restarts as long as the file
+        is unchanged. Returns True when the file was applied. A missing file changes nothing.
+        """
+        p = Path(path)
+        if not p.exists():
+            return False
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        marker = self.ks.pool_part(self.pool, "file")
+        if _text(self.client.get(marker) or b"") == digest and self.store.version() > 0:
+            return False
+        self.load(load_keys(p))
+        self.client.set(marker, digest)
+        return True
+
     def add_key(self, cfg: KeyConfig) -> None:
         """Add a key (or replace the config of one with the same ``key_id``) at run time."""
         self.store.add(cfg, groups=self.registry.current(force=True).groups)
@@ -156,6 +176,10 @@ class RedisKeyPool:
     def keys_file(self) -> KeysFile:
         """The registry as stored in Redis now."""
         return self.registry.keys_file()
+
+    def key_ids(self) -> list[str]:
+        """Every key id in the registry."""
+        return sorted(self.registry.current().keys)
 
     def models(self) -> set[str]:
         """Every model that at least one key marked active in the registry serves."""

@@ -17,10 +17,11 @@ import redis
 from pydantic import ValidationError
 
 from .budgets import Budgets
+from .capacity import RedisKeyPool
 from .conversations import ConversationStore, check_conv_id
 from .errors import JobExpired, JobTimeout, JobValidationError, SubmitRateLimited
 from .jobstore import JobStore, new_job_id, parse_result, raise_for_result
-from .keys import KeysFile, load_keys
+from .keys import KeysFile
 from .keyspace import Keyspace
 from .models import JobHandle, JobResult, JobSpec, JobStatus
 from .redis_conn import connect, resolve_redis_url
@@ -73,8 +74,9 @@ class Router:
       settings: the configuration.
       client: a redis-py client; by default one is made for ``settings`` (embedded Redis when
         ``REDIS_URL`` is unset).
-      keys: the key configuration used to refuse unknown models at submit; by default read
-        from ``settings.keys_file`` when that file exists.
+      keys: a key configuration to load into the pool's registry in Redis; by default the
+        keys file (``settings.keys_file``) is applied when its content changed since it was
+        last applied (see ``RedisKeyPool.sync_file``).
     """
 
     def __init__(
@@ -92,9 +94,11 @@ class Router:
         self.conversations = ConversationStore.from_settings(self.client, settings)
         self.limiter = UserLimiter(self.client, self.keyspace, settings)
         self.budgets = Budgets(self.client, self.keyspace)
-        if keys is None and settings.keys_file.exists():
-            keys = load_keys(settings.keys_file)
-        self.keys = keys
+        self.pool = RedisKeyPool(self.client, self.keyspace)
+        if keys is not None:
+            self.pool.load(keys)
+        else:
+            self.pool.sync_file(settings.keys_file)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:
@@ -112,9 +116,9 @@ class Router:
         self.close()
 
     # -- submitting --------------------------------------------------------------------------
-    def served_models(self) -> set[str] | None:
-        """Models some active key serves (None when no key configuration is known)."""
-        return self.keys.models() if self.keys is not None else None
+    def served_models(self) -> set[str]:
+        """Models some active key of the pool serves (from the registry in Redis)."""
+        return self.pool.models()
 
     def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
                on_rate_limit: str = "raise", **fields: Any) -> JobHandle:
@@ -176,6 +180,8 @@ class Router:
                            finished_at=time.time(), error_type="cancelled", error_message="cancelled by request",
                            attempts=current.attempts, conversation_id=spec.conversation_id if spec else None)
         cancelled = self.jobs.finish(result, queue=queue, only_if_queued=True) == 1
+        if cancelled:  # give back a slot the job may have booked while it waited for room
+            self.pool.release(f"{job_id}:{current.attempts}")
         if cancelled and spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:
             self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)
         return cancelled

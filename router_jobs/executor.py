@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from . import errors
@@ -28,17 +28,22 @@ from .keys import Cost
 from .models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from .pool import Grant, KeyPool, ReserveRequest, Wait
 from .providers.base import ChatRequest, KeyCredentials, ProviderAdapter
+from .secrets import secret_fingerprint as _fingerprint
 
 log = logging.getLogger("router_jobs.worker")
 
 #: Longest backoff between attempts after transient errors, in seconds.
 MAX_BACKOFF = 30.0
+#: How often a worker process checks whether invalid keys got a new secret, in seconds.
+REVALIDATE_EVERY = 30.0
 
 
 class SecretSource(Protocol):
     """Where API key values come from (see router_jobs.secrets)."""
 
     def get(self, key_id: str) -> str: ...
+
+    def fingerprint(self, key_id: str) -> str: ...
 
 
 class Observer(Protocol):
@@ -86,12 +91,31 @@ class Executor:
     chat: ChatTurns | None = None
     budgets: Budgets | None = None
     key_cost: Callable[[str], Cost | None] | None = None
+    _next_revalidate: float = 0.0
+
+    def revalidate_keys(self) -> list[str]:
+        """Put back in rotation invalid keys whose secret has changed (at most every 30 s)."""
+        now = time.monotonic()
+        if now < self._next_revalidate:
+            return []
+        self._next_revalidate = now + REVALIDATE_EVERY
+        prints: dict[str, str] = {}
+        for key_id in self.pool.key_ids():
+            try:
+                prints[key_id] = self.secrets.fingerprint(key_id)
+            except errors.SecretStoreError:
+                continue  # no secret now: the key stays as it is
+        restored = self.pool.revalidate(prints)
+        for key_id in restored:
+            log.info("key %s has a new secret: back in rotation", key_id)
+        return restored
 
     def run(self, job_id: str, queue: str, defer: Callable[[int], None]) -> str:
         """Handle one delivery of ``job_id``. ``defer(ms)`` sends this delivery back for later.
 
         Returns what happened: ``skipped``, ``deferred``, or the job's final status.
         """
+        self.revalidate_keys()
         job = self.jobs.start(job_id)
         if job is None:
             log.warning("job %s: record is gone (expired); dropping the message", job_id)
@@ -127,20 +151,26 @@ class Executor:
             exclude_keys=job.excluded,
         )
         decision = self.pool.reserve(request)
+        max_wait_left = (spec.max_wait or 0) - waited
+        if (isinstance(decision, Wait) and not use_fallbacks and len(spec.models()) > 1
+                and (not decision.retryable or decision.wait_ms > max_wait_left * 1000)):
+            # the preferred model has no room within max_wait (or none ever): go to fallbacks
+            self.pool.release(request.reservation_id)
+            request = replace(request, models=spec.models())
+            decision = self.pool.reserve(request)
         if isinstance(decision, Wait):
-            return self._wait(job, queue, decision, defer, max_wait_left=(spec.max_wait or 0) - waited)
+            return self._wait(job, queue, decision, defer, request.reservation_id, max_wait_left)
         return self._call(job, queue, decision, messages, defer)
 
     # -- steps ------------------------------------------------------------------------------
     def _wait(self, job: StartedJob, queue: str, wait: Wait, defer: Callable[[int], None],
-              max_wait_left: float) -> str:
+              reservation_id: str, max_wait_left: float) -> str:
         spec = job.spec
         if not wait.retryable:
             return self._end(job, queue, JobStatus.failed, "no_capacity", wait.reason)
         delay = max(1, wait.wait_ms)
-        if max_wait_left > 0 and spec.fallback_models:
-            delay = min(delay, int(max_wait_left * 1000) + 1)  # wake when fallbacks open up
         if spec.deadline is not None and job.now + delay / 1000 > spec.deadline:
+            self.pool.release(reservation_id)
             return self._end(job, queue, JobStatus.expired, "expired",
                              f"no key had room before the deadline ({wait.reason})")
         self.jobs.park(job.job_id, attempts=job.attempts, excluded=job.excluded)
@@ -157,13 +187,15 @@ class Executor:
         except errors.SecretStoreError as exc:
             self.pool.settle(grant, None)
             log.error("job %s: no secret for key %s: %s", job.job_id, grant.key_id, exc)
-            return self._retry(job, queue, attempts - 1, job.excluded | {grant.key_id}, 0, defer,
+            # counts as an attempt: the settled reservation id must not be reused
+            return self._retry(job, queue, attempts, job.excluded | {grant.key_id}, 0, defer,
                                "secret_unavailable", str(exc))
         creds = KeyCredentials(key_id=grant.key_id, api_key=api_key, base_url=grant.base_url, timeout=grant.timeout)
         call = ChatRequest(
             model=grant.model, messages=messages, max_output_tokens=spec.max_output_tokens,
             temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
         )
+        self.jobs.begin_attempt(job.job_id, attempts)
         started = time.monotonic()
         try:
             adapter = self.adapter_for(grant.provider)
@@ -171,7 +203,7 @@ class Executor:
         except errors.ProviderError as exc:
             seconds = time.monotonic() - started
             self.pool.settle(grant, None)
-            self.pool.report_error(grant, exc)
+            self.pool.report_error(grant, exc, secret_fingerprint=_fingerprint(api_key))
             self.observer.provider_call(grant, seconds, exc, None)
             log.info("job %s: %s on key %s (attempt %d): %s", job.job_id, exc.error_type, grant.key_id,
                      attempts, exc)

@@ -33,7 +33,7 @@ def new_job_id() -> str:
 
 def job_message(job_id: str, queue: str) -> bytes:
     """The encoded Dramatiq message that makes a worker run ``job_id``."""
-    msg = Message(
+    msg: Message[Any] = Message(
         queue_name=queue,
         actor_name=ACTOR_FOR_QUEUE[queue],
         args=(job_id,),
@@ -139,6 +139,14 @@ class JobStore:
         return bool(self.scripts.park_job(
             keys=[self.keyspace.job(job_id)], args=[",".join(sorted(excluded)), attempts]
         ))
+
+    def begin_attempt(self, job_id: str, attempts: int) -> None:
+        """Record that call number ``attempts`` is about to start.
+
+        A delivery that dies during or after the call is taken up again with a new
+        reservation id, never the one already used (which the pool may have settled).
+        """
+        self.client.hset(self.keyspace.job(job_id), "attempts", attempts)
 
     def finish(self, result: JobResult, *, queue: str, only_if_queued: bool = False) -> int:
         """End the job with ``result`` exactly once (1), or not (0 ended already, -1 gone)."""

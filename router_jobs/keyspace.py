@@ -26,6 +26,10 @@ class Keyspace:
     def dead(self, queue: str) -> str:
         return f"{self.ns}:{{q:{queue}}}:dead"
 
+    def starts(self, queue: str) -> str:
+        """Hash: entry id -> times a redelivered entry was started (poison detection)."""
+        return f"{self.ns}:{{q:{queue}}}:starts"
+
     def completions(self, queue: str) -> str:
         return f"{self.ns}:{{q:{queue}}}:done"
 

@@ -8,7 +8,7 @@ a secret: keys are referred to by ``key_id``.
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -20,14 +20,14 @@ Objective = Literal["fairness", "cost", "reliability", "latency"]
 MAX_OUTPUT_TOKENS_CEILING = 1_000_000
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     """Which queue a job goes to. Interactive work is always taken first."""
 
     interactive = "interactive"
     batch = "batch"
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     """Lifecycle of a job record."""
 
     queued = "queued"

@@ -9,7 +9,7 @@ key health (cooldowns, invalid keys, exhausted quotas, error rates) stays true.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,6 +81,21 @@ class KeyPool(Protocol):
         """Record a successful call (latency EWMA, provider-reported remaining room)."""
         ...
 
-    def report_error(self, grant: Grant, error: ProviderError) -> None:
-        """Record a failed call and change the key's state as the error class says."""
+    def report_error(self, grant: Grant, error: ProviderError, *, secret_fingerprint: str | None = None) -> None:
+        """Record a failed call and change the key's state as the error class says.
+
+        ``secret_fingerprint`` (a non-reversible digest of the secret used) lets an invalid
+        key come back once its secret changes (see ``revalidate``)."""
+        ...
+
+    def release(self, reservation_id: str) -> bool:
+        """Give back a booked slot the job will not use (it ended or changed its plan)."""
+        ...
+
+    def revalidate(self, fingerprints: Mapping[str, str]) -> list[str]:
+        """Put invalid keys whose secret fingerprint changed back in rotation; their ids."""
+        ...
+
+    def key_ids(self) -> list[str]:
+        """Every key id in the registry."""
         ...

@@ -187,7 +187,7 @@ def test_orphaned_entries_are_reclaimed_after_visibility_timeout(broker: Streams
     assert r.xpending(stream, GROUP)["pending"] == 0
 
 
-def test_entry_delivered_too_often_goes_to_dead_letters(broker: StreamsBroker, r: redis.Redis) -> None:
+def test_entry_started_too_often_goes_to_dead_letters(broker: StreamsBroker, r: redis.Redis) -> None:
     @dramatiq.actor(queue_name="interactive")
     def victim() -> None:
         raise AssertionError("must never run: it was dead-lettered")
@@ -195,10 +195,11 @@ def test_entry_delivered_too_often_goes_to_dead_letters(broker: StreamsBroker, r
     broker.declare_queue("interactive")
     victim.send()
     stream = broker.keyspace.stream("interactive")
-    r.xreadgroup(GROUP, "crasher-0", {stream: ">"}, count=1)
-    for i in range(1, 3):  # two more crashed deliveries: 3 in all = max_deliveries
+    [[_, [(entry_id, _)]]] = r.xreadgroup(GROUP, "crasher-0", {stream: ">"}, count=1)  # started, died
+    for i in range(1, 3):  # taken over and started twice more, dying each time: 3 starts in all
         time.sleep(0.65)
         r.xautoclaim(stream, GROUP, f"crasher-{i}", 600, "0-0")
+        r.hincrby(broker.keyspace.starts("interactive"), entry_id, 1)  # what StartTracker records
     time.sleep(0.65)
     w = start_worker(broker)
     try:
@@ -206,9 +207,35 @@ def test_entry_delivered_too_often_goes_to_dead_letters(broker: StreamsBroker, r
     finally:
         w.stop()
     [dead] = broker.dead_letters("interactive")
-    assert dead["deliveries"] == 4
-    assert "without an ack" in dead["reason"]
+    assert dead["starts"] == 3 and dead["deliveries"] == 4
+    assert "started 3 times without an ack" in dead["reason"]
     assert r.xlen(stream) == 0
+    assert not r.exists(broker.keyspace.starts("interactive"))
+
+
+def test_prefetched_entries_of_crashed_consumers_are_not_blamed(broker: StreamsBroker, r: redis.Redis) -> None:
+    seen: list[int] = []
+
+    @dramatiq.actor(queue_name="interactive")
+    def innocent(i: int) -> None:
+        seen.append(i)
+
+    broker.declare_queue("interactive")
+    for i in range(3):
+        innocent.send(i)
+    stream = broker.keyspace.stream("interactive")
+    r.xreadgroup(GROUP, "crasher-0", {stream: ">"}, count=3)  # prefetched, never started
+    for i in range(1, 5):  # four more consumers prefetch them and die before starting them
+        time.sleep(0.65)
+        r.xautoclaim(stream, GROUP, f"crasher-{i}", 600, "0-0")
+    time.sleep(0.65)
+    w = start_worker(broker)
+    try:
+        wait_for(lambda: len(seen) == 3)
+    finally:
+        w.stop()
+    assert sorted(seen) == [0, 1, 2]
+    assert r.xlen(broker.keyspace.dead("interactive")) == 0
 
 
 def test_heartbeat_keeps_a_long_job_from_a_second_worker(broker: StreamsBroker, redis_url: str,

@@ -44,12 +44,18 @@ def router(env: dict[str, str]) -> Iterator[Router]:
 
 
 def leftover_keys(client: redis.Redis, ns: str) -> list[str]:
-    """Keys of the namespace that are neither TTL-bounded nor known empty/fixed structures."""
+    """Keys of the namespace that could grow with the number of jobs.
+
+    Allowed without a TTL: the queue registry and consumer heartbeats (one entry per
+    queue/consumer), empty streams, and the key pool's structures under its hash tag, which
+    are bounded by the number of keys and the window lengths (the pool's scripts trim
+    window logs as they slide and drop reservation records after ``record_keep``).
+    """
     fixed = {f"{ns}:queues", f"{ns}:consumers"}
     bad = []
     for raw in client.scan_iter(f"{ns}:*", count=1000):
         key = raw.decode()
-        if key in fixed or client.ttl(key) > 0:
+        if key in fixed or client.ttl(key) > 0 or key.startswith(f"{ns}:{{pool:"):
             continue
         if key.endswith(":stream") and client.xlen(key) == 0:
             continue
@@ -100,7 +106,7 @@ def test_sigkilled_worker_loses_nothing(env: dict[str, str], router: Router) -> 
         os.kill(pid, signal.SIGKILL)
         for res in router.as_completed(jobs, timeout=120):
             seen[res.job_id] = seen.get(res.job_id, 0) + 1
-            assert res.status == JobStatus.succeeded
+            assert res.status == JobStatus.succeeded, (res.error_type, res.error_message)
     assert len(seen) == 300 and set(seen.values()) == {1}
     # the jobs the dead worker held were delivered again and completed once
     redelivered = [j for j in jobs if int(router.client.hget(router.keyspace.job(j.job_id), "deliveries")) > 1]
@@ -121,8 +127,7 @@ def test_job_that_crashes_its_worker_every_time_is_dead_lettered(env: dict[str, 
         for res in router.as_completed(fine, timeout=60):
             assert res.ok
     [entry] = dead
-    assert "without an ack" in str(entry["reason"])
-    assert int(str(entry["deliveries"])) > 3
+    assert "started 3 times without an ack" in str(entry["reason"])
     # the job record itself says it never finished; operators see it in the DLQ
     status = router.status(bomb)
     assert status is not None and not status.status.terminal

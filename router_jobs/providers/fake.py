@@ -50,8 +50,8 @@ class FakeAdapter:
                 os._exit(17)
             elif kind == "fail":
                 cls = _ERRORS.get(arg or "", errors.TransientProviderError)
-                extra = {"retry_after": 1.0} if cls is errors.ProviderRateLimited else {}
-                raise cls(f"fake provider refused the call ({arg})", provider="fake", **extra)
+                retry_after = 1.0 if cls is errors.ProviderRateLimited else None
+                raise cls(f"fake provider refused the call ({arg})", provider="fake", retry_after=retry_after)
         prompt_tokens = sum(_estimate(m.content) for m in request.messages)
         content = f"echo: {last}"
         out_tokens = min(request.max_output_tokens, _estimate(content))
