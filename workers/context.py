@@ -10,6 +10,9 @@ from router_jobs.errors import ConfigError, SecretStoreError
 from router_jobs.executor import Executor
 from router_jobs.jobstore import JobStore
 from router_jobs.keys import load_keys
+from router_jobs.logs import configure_logging
+from router_jobs.metrics import MetricsObserver
+from router_jobs.metrics_middleware import install_worker_metrics
 from router_jobs.models import ChatMessage
 from router_jobs.providers.base import ProviderAdapter
 from router_jobs.providers.fake import FakeAdapter
@@ -19,6 +22,10 @@ from .setup import broker, settings
 
 _lock = threading.Lock()
 _executor: Executor | None = None
+
+install_worker_metrics(broker, settings)  # multiprocess folder, in-progress gauge, exporter fork
+if settings.log_json:
+    configure_logging(json=True)
 
 
 class _EnvSecrets:
@@ -54,5 +61,6 @@ def executor() -> Executor:
                 adapter_for=_adapter,
                 estimate_tokens=_estimate,
                 max_attempts=settings.max_attempts,
+                observer=MetricsObserver(keys=keys),
             )
         return _executor
