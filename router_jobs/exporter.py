@@ -41,8 +41,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from .keyspace import Keyspace
+from .metrics import WorkerMetrics
 from .redis_conn import connect, resolve_redis_url
-from .redisgauges import KeyStatuses, RedisCollector, readiness
+from .redisgauges import GAUGES, KeyStatuses, RedisCollector, readiness
 from .settings import Settings
 
 log = logging.getLogger("router_jobs.exporter")
@@ -233,6 +234,24 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             log.debug("%s " + format, self.address_string(), *args)
 
     return Handler
+
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("_sum", "_count", "_created"),
+    "gauge": ("",),
+}
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name this project exports (worker metrics and Redis gauges), with the
+    suffixes Prometheus adds (``_total``, ``_bucket``, ``_sum``, ``_count``, ``_created``)."""
+    registry = CollectorRegistry()
+    WorkerMetrics(registry)
+    families = [(f.name, f.type) for f in registry.collect()]
+    families += [(name, "gauge") for name in GAUGES]
+    return {name + suffix for name, kind in families for suffix in _SUFFIXES.get(kind, ("",))}
 
 
 def serve_worker_metrics() -> int:
