@@ -78,5 +78,9 @@ def main() -> None:
         sys.exit(2)
 
 
+from cli.metrics_cmd import metrics  # noqa: E402
+
+cli.add_command(metrics)
+
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator, Mapping
 
 from router_jobs.budgets import Budgets
 from router_jobs.capacity import RedisKeyPool
@@ -12,6 +13,9 @@ from router_jobs.conversations import ConversationStore
 from router_jobs.executor import Executor
 from router_jobs.jobstore import JobStore
 from router_jobs.keys import Cost
+from router_jobs.logs import configure_logging
+from router_jobs.metrics import MetricsObserver
+from router_jobs.metrics_middleware import install_worker_metrics
 from router_jobs.providers import get_adapter
 from router_jobs.redaction import install_log_redaction
 from router_jobs.secrets import build_secret_store
@@ -22,17 +26,36 @@ from .setup import broker, settings
 _lock = threading.Lock()
 _executor: Executor | None = None
 
+install_worker_metrics(broker, settings)  # multiprocess folder, in-progress gauge, exporter fork
+if settings.log_json:
+    configure_logging(json=True)
+
+
+class _PoolCosts(Mapping[str, Cost]):
+    """Key id -> price, read from the pool's registry (keys added at run time included)."""
+
+    def __init__(self, pool: RedisKeyPool) -> None:
+        self.pool = pool
+
+    def __getitem__(self, key_id: str) -> Cost:
+        cfg = self.pool.registry.current().key(key_id)
+        if cfg is None:
+            raise KeyError(key_id)
+        return cfg.cost
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.pool.key_ids())
+
+    def __len__(self) -> int:
+        return len(self.pool.key_ids())
+
 
 def build_executor() -> Executor:
     """Everything one worker process needs to run jobs, from the settings."""
     client, ks = broker.client, broker.keyspace
     pool = RedisKeyPool(client, ks)
     pool.sync_file(settings.keys_file)
-
-    def key_cost(key_id: str) -> Cost | None:
-        cfg = pool.registry.current().key(key_id)
-        return cfg.cost if cfg is not None else None
-
+    costs = _PoolCosts(pool)
     secrets = build_secret_store(settings)
     # secrets read by this process are redacted from every log record it writes
     install_log_redaction(secrets.redactor, logging.getLogger())
@@ -43,10 +66,11 @@ def build_executor() -> Executor:
         adapter_for=get_adapter,
         estimate_tokens=estimate_tokens,
         max_attempts=settings.max_attempts,
+        observer=MetricsObserver(costs=costs),
         chat=ChatTurns(ConversationStore.from_settings(client, settings), estimate_tokens,
                        settings.history_token_budget),
         budgets=Budgets(client, ks),
-        key_cost=key_cost,
+        key_cost=costs.get,
     )
 
 

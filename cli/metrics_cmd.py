@@ -1,0 +1,53 @@
+"""``routerctl metrics``: the metrics exporter (``/metrics``, ``/healthz``, ``/readyz``)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import click
+
+from router_jobs.exporter import MetricsServer
+from router_jobs.keyspace import Keyspace
+from router_jobs.logs import configure_logging
+from router_jobs.redis_conn import connect, resolve_redis_url
+from router_jobs.redisgauges import KeyStatuses
+from router_jobs.settings import Settings
+
+
+def pool_key_statuses(client: Any, keyspace: Keyspace) -> KeyStatuses | None:
+    """``RedisKeyPool(...).key_statuses`` when the exact key pool is installed, else None."""
+    try:
+        capacity = importlib.import_module("router_jobs.capacity")
+    except ImportError:
+        return None
+    pool = capacity.RedisKeyPool(client, keyspace)
+    statuses: KeyStatuses = pool.key_statuses
+    return statuses
+
+
+@click.group()
+def metrics() -> None:
+    """Prometheus metrics and health endpoints."""
+
+
+@metrics.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=None, help="port (default: ROUTER_METRICS_PORT, 9464)")
+@click.option("--redis/--no-redis", "redis_gauges", default=True, show_default=True,
+              help="export Redis-derived gauges (queues, keys); off for a per-host worker exporter")
+def serve(host: str, port: int | None, redis_gauges: bool) -> None:
+    """Serve /metrics (worker counters + Redis gauges), /healthz and /readyz until stopped."""
+    settings = Settings.from_env()
+    configure_logging(json=settings.log_json)
+    client = connect(resolve_redis_url(settings)) if redis_gauges else None
+    statuses = pool_key_statuses(client, Keyspace(settings.namespace)) if client is not None else None
+    server = MetricsServer(settings, statuses, client=client, host=host, port=port, redis_gauges=redis_gauges)
+    logging.getLogger("router_jobs.exporter").info(
+        "serving metrics on %s:%d (multiprocess folder: %s)", host, server.port,
+        settings.prometheus_multiproc_dir or "none")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,174 @@
+"""Real worker processes feed metrics through the multiprocess folder; one exporter serves them."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from router_jobs.client import Router
+from router_jobs.errors import JobFailed
+from router_jobs.exporter import MetricsServer
+from router_jobs.keys import load_keys
+from router_jobs.keyspace import Keyspace
+from router_jobs.settings import Settings
+from tests.workerpool import WorkerPool, fake_key, write_keys
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` as {(sample name, sorted labels): value}."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def scrape_when_up(url: str, timeout: float = 20.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """:func:`scrape` once the exporter listens (a pool starts its fork after its workers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return scrape(url)
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and all(dict(lab).get(k) == w for k, w in labels.items()))
+
+
+def simple_pool_statuses(client: redis.Redis, keyspace: Keyspace, keys_file: Path) -> Any:
+    """key_statuses for the minimal pool: its per-minute request counters (two newest minutes)."""
+    keys = load_keys(keys_file)
+
+    def statuses() -> list[dict[str, Any]]:
+        sec, _ = client.time()
+        out = []
+        for k in keys.keys:
+            # this minute's and the last one's buckets: the test's calls may straddle a minute
+            used = sum(int(client.get(f"{keyspace.scope(k.key_id)}:rpm:{m}") or 0)
+                       for m in (sec // 60 - 1, sec // 60))
+            out.append({"key_id": k.key_id, "provider": k.provider, "state": "active",
+                        "limits": [{"unit": "requests", "seconds": 60, "limit": k.rpm, "used": used}]})
+        return out
+
+    return statuses
+
+
+@pytest.fixture
+def setup(redis_url: str, namespace: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], Settings]]:
+    keys = write_keys([fake_key("fake-1", rpm=100000, cost={"input": 1.0, "output": 2.0}),
+                       fake_key("fake-2", rpm=100000, cost={"input": 1.0, "output": 2.0})])
+    folder = tmp_path / "prom"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    fork_port = sock.getsockname()[1]
+    sock.close()
+    env = {
+        "REDIS_URL": redis_url,
+        "ROUTER_NAMESPACE": namespace,
+        "ROUTER_KEYS_FILE": str(keys),
+        "ROUTER_VISIBILITY_TIMEOUT_MS": "1500",
+        "ROUTER_MAX_ATTEMPTS": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        "ROUTER_WORKER_METRICS_PORT": str(fork_port),
+        "API_KEY_FAKE_1": "fake-secret-value-1",
+        "API_KEY_FAKE_2": "fake-secret-value-2",
+    }
+    yield env, Settings.from_env(env)
+
+
+def test_workers_metrics_match_what_happened(setup: tuple[dict[str, str], Settings]) -> None:
+    env, settings = setup
+    router = Router(settings, keys=None)
+    client = router.client
+    server = MetricsServer(settings, simple_pool_statuses(client, router.keyspace, settings.keys_file),
+                           client=client, port=0)
+    server.start()
+    try:
+        # before any worker: Redis answers, but nobody consumes
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(server.url + "/readyz", timeout=5)
+        assert not_ready.value.code == 503
+        assert "no worker heartbeat" in json.loads(not_ready.value.read())["reason"]
+        assert urllib.request.urlopen(server.url + "/healthz", timeout=5).status == 200
+
+        ok = [router.submit(f"hello {i}", model="fake-model", priority="batch" if i % 2 else "interactive")
+              for i in range(10)]
+        bad = router.submit("refuse me [[fail:bad_request]]", model="fake-model")
+        limited = router.submit("slow down [[fail:rate_limited]]", model="fake-model")
+        with WorkerPool(env, processes=2, threads=2) as pool:
+            results = list(router.as_completed(ok, timeout=60))
+            for job in (bad, limited):
+                with pytest.raises(JobFailed):
+                    router.await_result(job, timeout=60)
+            deadline = time.monotonic() + 20
+            while True:  # first heartbeat comes a third of a visibility timeout after start
+                try:
+                    ready = urllib.request.urlopen(server.url + "/readyz", timeout=5)
+                    break
+                except urllib.error.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(pool.output()[-2000:]) from None
+                    time.sleep(0.2)
+            assert json.loads(ready.read())["workers"] >= 1
+            s = scrape(server.url)
+            # the pool's own exporter (a Dramatiq fork) adds up the same worker processes
+            pool_side = scrape_when_up(f"http://127.0.0.1:{settings.worker_metrics_port}")
+            assert total(pool_side, "router_jobs_completed_total") == 12
+            assert total(pool_side, "router_redis_up") == 0  # worker exporter: no Redis gauges
+        assert all(r.ok for r in results)
+        in_tokens = sum(r.usage.input_tokens for r in results)
+        out_tokens = sum(r.usage.output_tokens for r in results)
+
+        assert total(s, "router_jobs_completed_total", outcome="succeeded") == 10
+        assert total(s, "router_jobs_completed_total", outcome="succeeded", queue="batch") == 5
+        assert total(s, "router_jobs_completed_total", outcome="failed") == 2
+        assert total(s, "router_jobs_failed_total", error_type="bad_request", model="fake-model") == 1
+        assert total(s, "router_jobs_failed_total", error_type="rate_limited") == 1
+        # the rate-limited job was tried twice (ROUTER_MAX_ATTEMPTS=2), deferred once in between
+        assert total(s, "request_router_rate_limited_total") == 2
+        assert total(s, "router_provider_errors_total", error_type="rate_limited", provider="fake") == 2
+        assert total(s, "router_provider_errors_total", error_type="bad_request") == 1
+        assert total(s, "router_jobs_deferred_total", reason="rate_limited") == 1
+        assert total(s, "request_router_attempts_total") == 10 + 1 + 2
+        assert total(s, "router_provider_latency_seconds_count") == 13
+        assert total(s, "router_tokens_total", direction="input") == in_tokens
+        assert total(s, "router_tokens_total", direction="output") == out_tokens
+        assert total(s, "router_spend_usd_total") == pytest.approx((in_tokens + 2 * out_tokens) / 1e6)
+        assert total(s, "router_queue_wait_seconds_count") == 12
+        assert total(s, "router_job_duration_seconds_count", outcome="succeeded") == 10
+        assert total(s, "router_worker_jobs_in_progress") == 0
+        # Redis-derived gauges: everything drained, nothing dead, both workers seen
+        for q in ("interactive", "batch"):
+            assert total(s, "router_queue_depth", queue=q) == 0
+            assert total(s, "router_queue_delayed", queue=q) == 0
+            assert total(s, "router_queue_dead_letters", queue=q) == 0
+        assert total(s, "router_workers_alive") >= 1
+        assert total(s, "router_redis_up") == 1
+        assert total(s, "key_rpm_used") == 13  # one reservation per provider call
+        assert total(s, "key_cooldown") == 0
+        assert total(s, "key_state", state="active") == 2
+        # no secret, no job id anywhere in the exposition
+        text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+        assert "fake-secret-value" not in text and ok[0].job_id not in text
+    finally:
+        server.stop()
+        router.close()
