@@ -73,7 +73,7 @@ class StartTracker(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         if getattr(message, "redelivered", False) and isinstance(broker, StreamsBroker):
             queue = q_name(message.queue_name)
-            broker.client.hincrby(broker.keyspace.starts(queue), getattr(message, "entry_id"), 1)
+            broker.client.hincrby(broker.keyspace.starts(queue), message.entry_id, 1)
 
 
 class StreamsBroker(Broker):

@@ -23,6 +23,7 @@ from .errors import JobExpired, JobTimeout, JobValidationError, SubmitRateLimite
 from .jobstore import JobStore, new_job_id, parse_result, raise_for_result
 from .keys import KeysFile
 from .keyspace import Keyspace
+from .metrics import record_submitted
 from .models import JobHandle, JobResult, JobSpec, JobStatus
 from .redis_conn import connect, resolve_redis_url
 from .settings import Settings
@@ -136,7 +137,11 @@ class Router:
         """
         if on_rate_limit not in ("raise", "delay"):
             raise JobValidationError("on_rate_limit", "must be 'raise' or 'delay'")
-        spec = validate_spec({"prompt": prompt, "model": model, **fields}, self.settings, self.served_models())
+        try:
+            spec = validate_spec({"prompt": prompt, "model": model, **fields}, self.settings, self.served_models())
+        except JobValidationError:
+            record_submitted(str(fields.get("priority", "interactive")), "refused", "rejected")
+            raise
         if spec.conversation_id is not None:
             check_conv_id(spec.conversation_id)
         if spec.user_id is not None:
@@ -145,6 +150,7 @@ class Router:
             if wait > 0:
                 if on_rate_limit == "raise" or wait == float("inf"):
                     scope = self.limiter.decide(spec.user_id, take=False).scope or "user"
+                    record_submitted(spec.priority.value, spec.model, "rate_limited")
                     raise SubmitRateLimited(scope, wait)
                 delay = max(delay, wait)
         return self.submit_spec(spec, delay=delay)
@@ -159,6 +165,7 @@ class Router:
                 self.conversations.create(spec.conversation_id, system_prompt=spec.system_prompt)
             spec = spec.model_copy(update={"turn_seq": self.conversations.next_turn_seq(spec.conversation_id)})
         job_id, existed = self.jobs.submit(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000))
+        record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
         if existed and spec.conversation_id is not None and spec.turn_seq is not None:
             self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
         return JobHandle(job_id=job_id, queue=spec.priority, deduplicated=existed)

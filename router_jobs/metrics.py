@@ -131,7 +131,8 @@ def default_metrics() -> WorkerMetrics:
 
 def record_submitted(queue: str, model: str, outcome: str = "accepted",
                      metrics: WorkerMetrics | None = None) -> None:
-    """Count one submission (producer side). ``outcome``: accepted, deduplicated or rejected."""
+    """Count one submission (producer side). ``outcome``: accepted, deduplicated, rejected
+    (refused at validation; ``model`` is then ``refused``) or rate_limited."""
     (metrics or default_metrics()).submitted.labels(queue, model, outcome).inc()
 
 

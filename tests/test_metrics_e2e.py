@@ -9,17 +9,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_jobs.client import Router
 from router_jobs.errors import JobFailed
 from router_jobs.exporter import MetricsServer
-from router_jobs.keys import load_keys
-from router_jobs.keyspace import Keyspace
 from router_jobs.settings import Settings
 from tests.workerpool import WorkerPool, fake_key, write_keys
 
@@ -54,24 +50,6 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
                if n == name and all(dict(lab).get(k) == w for k, w in labels.items()))
 
 
-def simple_pool_statuses(client: redis.Redis, keyspace: Keyspace, keys_file: Path) -> Any:
-    """key_statuses for the minimal pool: its per-minute request counters (two newest minutes)."""
-    keys = load_keys(keys_file)
-
-    def statuses() -> list[dict[str, Any]]:
-        sec, _ = client.time()
-        out = []
-        for k in keys.keys:
-            # this minute's and the last one's buckets: the test's calls may straddle a minute
-            used = sum(int(client.get(f"{keyspace.scope(k.key_id)}:rpm:{m}") or 0)
-                       for m in (sec // 60 - 1, sec // 60))
-            out.append({"key_id": k.key_id, "provider": k.provider, "state": "active",
-                        "limits": [{"unit": "requests", "seconds": 60, "limit": k.rpm, "used": used}]})
-        return out
-
-    return statuses
-
-
 @pytest.fixture
 def setup(redis_url: str, namespace: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], Settings]]:
     keys = write_keys([fake_key("fake-1", rpm=100000, cost={"input": 1.0, "output": 2.0}),
@@ -99,7 +77,7 @@ def test_workers_metrics_match_what_happened(setup: tuple[dict[str, str], Settin
     env, settings = setup
     router = Router(settings, keys=None)
     client = router.client
-    server = MetricsServer(settings, simple_pool_statuses(client, router.keyspace, settings.keys_file),
+    server = MetricsServer(settings, router.pool.key_statuses,
                            client=client, port=0)
     server.start()
     try:
@@ -164,8 +142,15 @@ def test_workers_metrics_match_what_happened(setup: tuple[dict[str, str], Settin
         assert total(s, "router_workers_alive") >= 1
         assert total(s, "router_redis_up") == 1
         assert total(s, "key_rpm_used") == 13  # one reservation per provider call
-        assert total(s, "key_cooldown") == 0
-        assert total(s, "key_state", state="active") == 2
+        # the two 429s put the keys that answered them into a short cooldown (1 s): the gauge
+        # shows 1 for a key while it lasts, and there is one series per key
+        cooldowns = [v for (name, _labels), v in s.items() if name == "key_cooldown"]
+        assert len(cooldowns) == 2 and set(cooldowns) <= {0.0, 1.0}
+        # each key has exactly one state; keys not cooling down are active
+        states = {dict(labels)["key_id"]: dict(labels)["state"] for (name, labels), v in s.items()
+                  if name == "key_state" and v == 1}
+        assert set(states) == {"fake-1", "fake-2"}
+        assert set(states.values()) <= {"active", "cooldown"}
         # no secret, no job id anywhere in the exposition
         text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
         assert "fake-secret-value" not in text and ok[0].job_id not in text
