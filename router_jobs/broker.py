@@ -264,7 +264,7 @@ class StreamConsumer(Consumer):
         self._lock = threading.Lock()
         self._room = threading.Event()
         now = time.monotonic()
-        self._next_heartbeat = now + self.visibility / 3000
+        self._next_heartbeat = now  # announce this consumer at once (health, readiness)
         self._next_reclaim = now  # take over orphans at once on start
         self._next_promote = now
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from .budgets import Budgets
 from .capacity import RedisKeyPool
+from .compat import SeedCompat
 from .conversations import ConversationStore, check_conv_id
 from .errors import JobExpired, JobTimeout, JobValidationError, SubmitRateLimited
 from .jobstore import JobStore, new_job_id, parse_result, raise_for_result
@@ -68,7 +69,7 @@ def validate_spec(fields: dict[str, Any], settings: Settings, served: set[str] |
     return spec
 
 
-class Router:
+class Router(SeedCompat):
     """Submit LLM jobs and collect their results. Build it explicitly or with ``from_env()``.
 
     Parameters:

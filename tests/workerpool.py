@@ -54,6 +54,20 @@ class WorkerPool:
             time.sleep(0.1)
         raise RuntimeError(f"worker processes did not start; log:\n{self.output()}")
 
+    def wait_consuming(self, redis_url: str, namespace: str = "rj", timeout: float = 30.0) -> None:
+        """Wait until some worker of the pool has announced itself (consumer heartbeat)."""
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while not client.hlen(f"{namespace}:consumers"):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"workers did not start consuming; log:\n{self.output()}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
