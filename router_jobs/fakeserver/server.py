@@ -40,6 +40,7 @@ class Record:
     status: int
     scenario: str
     prompt: str
+    text: str = ""  # every message's text as received (system prompt and history included)
 
 
 class FakeProviderServer:
@@ -246,7 +247,7 @@ class FakeProviderServer:
         out = 0
         if reply.status == 200:
             out = _output_tokens(self.provider, reply.body)
-        rec = Record(time.monotonic(), key, model, in_tokens, out, reply.status, scenario.name, prompt_text)
+        rec = Record(time.monotonic(), key, model, in_tokens, out, reply.status, scenario.name, prompt_text, all_text)
         with self._lock:
             self._records.append(rec)
         return reply
