@@ -239,10 +239,39 @@ def print_report(figures: dict[str, Any]) -> None:
         print(f"  {c:<{width}}  " + "  ".join(f"{str(r[c]):<28}" for r in rows))
 
 
+def run_worker_benchmarks(url: str, *, quick: bool = False) -> dict[str, Any]:
+    """Batches through real worker processes against fake providers enforcing rolling windows."""
+    from benchmarks.capacity_workers import run_batch
+
+    # 2x the pool's per-window capacity on 60 s windows: all done, wall / minimum, 429s
+    limit = 30 if quick else 60
+    double = run_batch(url, keys=4, limit=limit, window_s=60.0, jobs=2 * 4 * limit, processes=2, threads=8)
+    # 5x oversubscription on 10 s windows: deliveries per completed job
+    five = run_batch(url, keys=4, limit=20, window_s=10.0, jobs=5 * 4 * 20, processes=2, threads=8)
+    return {"double": double.as_dict(), "five": five.as_dict()}
+
+
+def print_worker_report(figures: dict[str, Any]) -> None:
+    d, f = figures["double"], figures["five"]
+    print(f"batch of 2x the pool's per-window capacity through real workers ({d['keys']} keys x "
+          f"{d['limit_per_key']} requests per {d['window_s']:.0f} s rolling window, 2 processes x 8 threads)")
+    print(f"  jobs completed          {d['completed']}/{d['jobs']}   (aim: 100%)")
+    print(f"  wall / theoretical min  {d['wall_s']:.1f} s / {d['theoretical_s']:.1f} s = {d['wall_over_minimum']:.3f}"
+          "   (aim: <= 1.03)")
+    print(f"  429s answered           {d['provider_429s']}   (aim: 0)")
+    print(f"  most in any window      {max(d['max_in_window'].values())} (limit {d['limit_per_key']})")
+    print(f"5x oversubscription through real workers ({f['keys']} keys x {f['limit_per_key']} per "
+          f"{f['window_s']:.0f} s, {f['jobs']} jobs)")
+    print(f"  deliveries per job      {f['deliveries_per_job']:.2f}   (aim: <= 1.3)")
+    print(f"  completed {f['completed']}/{f['jobs']}, 429s {f['provider_429s']}, "
+          f"wall / min {f['wall_over_minimum']:.3f}, most in any window {max(f['max_in_window'].values())}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--redis-url", help="use this server (default: start a private one)")
     ap.add_argument("--quick", action="store_true", help="fewer samples")
+    ap.add_argument("--no-workers", action="store_true", help="skip the real-worker batches (about 3 min)")
     ns = ap.parse_args()
     server = None
     url = ns.redis_url
@@ -254,6 +283,8 @@ def main() -> None:
     client = redis.Redis.from_url(url)
     try:
         print_report(run_pool_benchmarks(client, quick=ns.quick))
+        if not ns.no_workers:
+            print_worker_report(run_worker_benchmarks(url, quick=ns.quick))
     finally:
         client.close()
         if server is not None:

@@ -2,15 +2,17 @@
 
 from .client import Router
 from .compat import KeyManager, get_conversation_store, get_key_manager, get_redis_limiter, get_request_router
-from .keys import KeyConfig
-
-#: the seed's name for a key's metadata
-APIKey = KeyConfig
 from .errors import *  # noqa: F401,F403
+from .keys import KeyConfig
 from .models import ChatMessage, JobHandle, JobResult, JobSpec, JobStatus, Priority, Usage
 from .settings import Settings
 
+#: the seed's name for a key's metadata
+APIKey = KeyConfig
+
 __all__ = [
-    "APIKey", "ChatMessage", "KeyConfig", "KeyManager", "get_redis_limiter", "Router", "get_conversation_store", "get_key_manager", "get_request_router", "JobHandle", "JobResult", "JobSpec", "JobStatus", "Priority", "Settings", "Usage",
+    "APIKey", "ChatMessage", "JobHandle", "JobResult", "JobSpec", "JobStatus", "KeyConfig", "KeyManager",
+    "Priority", "Router", "Settings", "Usage", "get_conversation_store", "get_key_manager",
+    "get_redis_limiter", "get_request_router",
 ]
 __version__ = "0.1.0"

@@ -96,7 +96,8 @@ class Router(SeedCompat):
         self.conversations = ConversationStore.from_settings(self.client, settings)
         self.limiter = UserLimiter(self.client, self.keyspace, settings)
         self.budgets = Budgets(self.client, self.keyspace)
-        self.pool = RedisKeyPool(self.client, self.keyspace)
+        self.pool = RedisKeyPool(self.client, self.keyspace, margin_ms=settings.pool_margin_ms,
+                                 late_ms=settings.pool_late_ms)
         if keys is not None:
             self.pool.load(keys)
         else:

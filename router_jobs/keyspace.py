@@ -36,6 +36,10 @@ class Keyspace:
     def queues(self) -> str:
         return f"{self.ns}:queues"
 
+    def workers(self) -> str:
+        """Hash: worker process (consumer name) -> time it finished booting and warming up."""
+        return f"{self.ns}:workers"
+
     def consumers(self) -> str:
         return f"{self.ns}:consumers"
 

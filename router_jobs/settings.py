@@ -33,6 +33,8 @@ ENV_NAMES: dict[str, str] = {
     "ROUTER_SECRET_CACHE_TTL": "secret_cache_ttl",
     "ROUTER_SECRETS_FILE": "secrets_file",
     "ROUTER_METRICS_PORT": "metrics_port",
+    "ROUTER_POOL_MARGIN_MS": "pool_margin_ms",
+    "ROUTER_POOL_LATE_MS": "pool_late_ms",
     "ROUTER_WORKER_METRICS_PORT": "worker_metrics_port",
     "PROMETHEUS_MULTIPROC_DIR": "prometheus_multiproc_dir",
     "SECRET_STORE_TYPE": "secret_store_type",
@@ -76,6 +78,8 @@ class Settings(BaseModel):
     secret_cache_ttl: float = Field(default=60.0, ge=0)
     secrets_file: Path | None = None
     metrics_port: int = 9464
+    pool_margin_ms: int = Field(default=250, ge=0)
+    pool_late_ms: int = Field(default=100, ge=0)
     worker_metrics_port: int | None = None
     prometheus_multiproc_dir: Path | None = None
     vault_addr: str | None = None

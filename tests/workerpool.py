@@ -54,14 +54,15 @@ class WorkerPool:
             time.sleep(0.1)
         raise RuntimeError(f"worker processes did not start; log:\n{self.output()}")
 
-    def wait_consuming(self, redis_url: str, namespace: str = "rj", timeout: float = 30.0) -> None:
-        """Wait until some worker of the pool has announced itself (consumer heartbeat)."""
+    def wait_consuming(self, redis_url: str, namespace: str = "rj", timeout: float = 30.0,
+                       processes: int = 1) -> None:
+        """Wait until ``processes`` worker processes have booted and warmed up."""
         import redis
 
         client = redis.Redis.from_url(redis_url)
         deadline = time.monotonic() + timeout
         try:
-            while not client.hlen(f"{namespace}:consumers"):
+            while client.hlen(f"{namespace}:workers") < processes:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError(f"workers did not start consuming; log:\n{self.output()}")
                 time.sleep(0.05)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 
+from dramatiq.broker import Broker
+from dramatiq.middleware import Middleware
+
+from router_jobs.broker import StreamsBroker
 from router_jobs.budgets import Budgets
 from router_jobs.capacity import RedisKeyPool
 from router_jobs.chat import ChatTurns
 from router_jobs.conversations import ConversationStore
+from router_jobs.errors import ConfigError
 from router_jobs.executor import Executor
 from router_jobs.jobstore import JobStore
 from router_jobs.keys import Cost
@@ -53,7 +59,7 @@ class _PoolCosts(Mapping[str, Cost]):
 def build_executor() -> Executor:
     """Everything one worker process needs to run jobs, from the settings."""
     client, ks = broker.client, broker.keyspace
-    pool = RedisKeyPool(client, ks)
+    pool = RedisKeyPool(client, ks, margin_ms=settings.pool_margin_ms, late_ms=settings.pool_late_ms)
     pool.sync_file(settings.keys_file)
     costs = _PoolCosts(pool)
     secrets = build_secret_store(settings)
@@ -74,6 +80,34 @@ def build_executor() -> Executor:
     )
 
 
+def warm_up() -> None:
+    """Build the executor and load every configured provider's SDK before the first job, so
+    that the first call a worker makes costs what any other call costs."""
+    ex = executor()
+    pool = ex.pool
+    providers: set[str] = set()
+    if isinstance(pool, RedisKeyPool):
+        providers = {cfg.provider for cfg in pool.registry.current().keys.values()}
+    for name in sorted(providers):
+        try:
+            get_adapter(name)
+        except ConfigError as exc:  # a missing optional SDK fails that provider's jobs, not the worker
+            logging.getLogger("router_jobs.worker").warning("provider %s unavailable: %s", name, exc)
+
+
+class WarmUp(Middleware):
+    """Dramatiq middleware: warm the worker process up when it boots."""
+
+    def after_worker_boot(self, broker: Broker, worker: object) -> None:
+        warm_up()
+        if isinstance(broker, StreamsBroker):  # announce the process as ready for work
+            broker.client.hset(broker.keyspace.workers(), broker.consumer_name, str(time.time()))
+
+    def before_worker_shutdown(self, broker: Broker, worker: object) -> None:
+        if isinstance(broker, StreamsBroker):
+            broker.client.hdel(broker.keyspace.workers(), broker.consumer_name)
+
+
 def executor() -> Executor:
     """The process's executor, built on first use."""
     global _executor
@@ -81,3 +115,6 @@ def executor() -> Executor:
         if _executor is None:
             _executor = build_executor()
         return _executor
+
+
+broker.add_middleware(WarmUp())
