@@ -161,8 +161,21 @@ class KeysFile(BaseModel):
         return {m for k in self.active_keys() for m in k.served_models()}
 
 
+def _strip_comments(data: Any) -> Any:
+    """Drop fields whose names start with ``_`` (comments: JSON has no other kind)."""
+    if isinstance(data, dict):
+        return {k: _strip_comments(v) for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
+    if isinstance(data, list):
+        return [_strip_comments(v) for v in data]
+    return data
+
+
 def parse_keys(data: Any, *, source: str = "keys file") -> KeysFile:
-    """Validate a decoded keys document; raise :class:`ConfigError` naming key and field."""
+    """Validate a decoded keys document; raise :class:`ConfigError` naming key and field.
+
+    Fields whose names start with ``_`` are comments and ignored.
+    """
+    data = _strip_comments(data)
     try:
         return KeysFile.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,43 @@
+"""The shipped example configuration is valid and names only settings the code reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from router_jobs.errors import ConfigError
+from router_jobs.keys import load_keys, parse_keys
+from router_jobs.settings import ENV_NAMES, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_keys_file_loads_and_ignores_comments() -> None:
+    keys = load_keys(ROOT / "config" / "keys.example.json")
+    assert {k.key_id for k in keys.keys} == {"gemini-flash-01", "openai-main", "claude-1", "local-vllm"}
+    assert keys.group("openai-org").rpm == 500
+    assert "llama-3.1-8b" not in keys.models()  # inactive key
+
+
+def test_env_example_names_are_settings() -> None:
+    names = re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / "config" / ".env.example").read_text(), re.M)
+    assert names
+    unknown = [n for n in names if n not in ENV_NAMES and not n.startswith("API_KEY_")]
+    assert unknown == []
+
+
+def test_bad_keys_name_key_and_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_keys({"keys": [{"key_id": "k1", "model_name": "m", "provider": "openai", "rpm": -1}]})
+    assert info.value.key_id == "k1" and info.value.field == "rpm"
+    with pytest.raises(ConfigError) as info2:
+        parse_keys({"keys": [{"key_id": "k2", "model_name": "m", "provider": "nope"}]})
+    assert info2.value.key_id == "k2" and info2.value.field == "provider"
+
+
+def test_bad_setting_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ROUTER_MAX_ATTEMPTS": "0"})
+    assert "ROUTER_MAX_ATTEMPTS" in str(info.value)
