@@ -78,8 +78,8 @@ class Settings(BaseModel):
     secret_cache_ttl: float = Field(default=60.0, ge=0)
     secrets_file: Path | None = None
     metrics_port: int = 9464
-    pool_margin_ms: int = Field(default=250, ge=0)
-    pool_late_ms: int = Field(default=100, ge=0)
+    pool_margin_ms: int = Field(default=1000, ge=0)
+    pool_late_ms: int = Field(default=500, ge=0)
     worker_metrics_port: int | None = None
     prometheus_multiproc_dir: Path | None = None
     vault_addr: str | None = None

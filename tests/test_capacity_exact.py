@@ -161,7 +161,11 @@ def cluster(tmp_path: Any) -> Iterator[list[int]]:
     cli = shutil.which("redis-cli")
     if not binary or not cli:
         pytest.skip("redis-server / redis-cli not on PATH")
-    ports = [free_port() for _ in range(3)]
+    ports: list[int] = []
+    while len(ports) < 3:  # distinct ports whose cluster bus port (+10000) is free too
+        p = free_port()
+        if p not in ports and p + 10000 < 65536 and _port_free(p + 10000):
+            ports.append(p)
     servers = []
     try:
         for p in ports:
@@ -208,3 +212,14 @@ def test_redis_cluster_runs_every_script(cluster: list[int], namespace: str) -> 
         assert json.dumps(statuses)
     finally:
         rc.close()
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -15,7 +15,7 @@ from router_jobs.budgets import Budgets
 from router_jobs.capacity import RedisKeyPool
 from router_jobs.chat import ChatTurns
 from router_jobs.conversations import ConversationStore
-from router_jobs.errors import ConfigError
+from router_jobs.errors import ConfigError, SecretStoreError
 from router_jobs.executor import Executor
 from router_jobs.jobstore import JobStore
 from router_jobs.keys import Cost
@@ -23,6 +23,7 @@ from router_jobs.logs import configure_logging
 from router_jobs.metrics import MetricsObserver
 from router_jobs.metrics_middleware import install_worker_metrics
 from router_jobs.providers import get_adapter
+from router_jobs.providers.base import KeyCredentials
 from router_jobs.redaction import install_log_redaction
 from router_jobs.secrets import build_secret_store
 from router_jobs.tokens import estimate_tokens
@@ -84,15 +85,22 @@ def warm_up() -> None:
     """Build the executor and load every configured provider's SDK before the first job, so
     that the first call a worker makes costs what any other call costs."""
     ex = executor()
-    pool = ex.pool
-    providers: set[str] = set()
-    if isinstance(pool, RedisKeyPool):
-        providers = {cfg.provider for cfg in pool.registry.current().keys.values()}
-    for name in sorted(providers):
+    if not isinstance(ex.pool, RedisKeyPool):
+        return
+    log = logging.getLogger("router_jobs.worker")
+    for cfg in ex.pool.registry.current().keys.values():
         try:
-            get_adapter(name)
+            adapter = get_adapter(cfg.provider)
+            creds = KeyCredentials(key_id=cfg.key_id, api_key=ex.secrets.get(cfg.key_id),
+                                   base_url=cfg.base_url, timeout=cfg.timeout)
         except ConfigError as exc:  # a missing optional SDK fails that provider's jobs, not the worker
-            logging.getLogger("router_jobs.worker").warning("provider %s unavailable: %s", name, exc)
+            log.warning("provider %s unavailable: %s", cfg.provider, exc)
+            continue
+        except SecretStoreError:
+            continue  # no secret (yet): the key's first call builds its client
+        prepare = getattr(adapter, "prepare", None)
+        if prepare is not None:
+            prepare(creds)
 
 
 class WarmUp(Middleware):

@@ -72,6 +72,12 @@ class AnthropicAdapter:
     def __init__(self) -> None:
         self._clients: ClientCache[anthropic.Anthropic] = ClientCache(_build_client)
 
+    def prepare(self, creds: KeyCredentials) -> None:
+        """Build (and cache) the key's SDK client now, so its first call costs what any
+        call costs: a first call late against its reservation eats the pool's margin."""
+        client = self._clients.get(creds)
+        _ = client.messages  # the SDK loads its resources lazily
+
     def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
         """One message; raises a classified, redacted ProviderError on failure."""
         client = self._clients.get(creds)

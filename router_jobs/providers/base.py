@@ -70,3 +70,6 @@ class ProviderAdapter(Protocol):
     def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
         """Call the provider once; raise a ProviderError subclass on failure."""
         ...
+
+    # Adapters with per-key clients also offer ``prepare(creds)``: build the key's client
+    # ahead of its first call (worker warm-up). It is optional, so not part of the protocol.

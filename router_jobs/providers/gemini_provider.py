@@ -87,6 +87,12 @@ class GeminiAdapter:
     def __init__(self) -> None:
         self._clients: ClientCache[genai.Client] = ClientCache(_build_client)
 
+    def prepare(self, creds: KeyCredentials) -> None:
+        """Build (and cache) the key's SDK client now, so its first call costs what any
+        call costs: a first call late against its reservation eats the pool's margin."""
+        client = self._clients.get(creds)
+        _ = client.models  # the SDK loads its resources lazily
+
     def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
         """One generateContent call; raises a classified, redacted ProviderError on failure."""
         client = self._clients.get(creds)

@@ -47,6 +47,12 @@ class OpenAIAdapter:
         self.name = name
         self._clients: ClientCache[openai.OpenAI] = ClientCache(_build_client)
 
+    def prepare(self, creds: KeyCredentials) -> None:
+        """Build (and cache) the key's SDK client now, so its first call costs what any
+        call costs: a first call late against its reservation eats the pool's margin."""
+        client = self._clients.get(creds)
+        _ = client.chat.completions  # openai loads its resources lazily
+
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": request.model,
