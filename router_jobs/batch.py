@@ -194,6 +194,9 @@ class BatchRunner:
         if self.max_in_flight < 1:
             raise ConfigError("max_in_flight must be at least 1", field="max_in_flight")
         self.batch_id = self.batch_id or default_batch_id(self.input_path, self.out_path)
+        if self.model is None:  # lines naming no model use the pool's only model, if it has one
+            models = sorted(self.router.served_models())
+            self.model = models[0] if len(models) == 1 else None
         self.record_key = self.router.keyspace.batch(self.batch_id)
         self._pending: dict[str, _Pending] = {}
         self._order: deque[int] = deque()  # ordered mode: lines not yet written, input order
@@ -210,6 +213,8 @@ class BatchRunner:
     def _fields(self, req: BatchRequest) -> dict[str, Any]:
         f = dict(req.fields)
         if not f.get("model"):
+            if self.model is None:
+                raise JobValidationError("model", "the line names no model; give --model")
             f["model"] = self.model
         if self.fallback_models and not f.get("fallback_models"):
             f["fallback_models"] = list(self.fallback_models)
@@ -283,7 +288,7 @@ class BatchRunner:
             custom_id, metadata = req.custom_id, req.metadata
             spec = validate_spec(self._fields(req), self.router.settings, self.router.served_models())
         except LineError as exc:
-            self._emit(n, output_record(n, custom_id, metadata, error=(exc.kind, exc.message)), progress)
+            self._emit(n, output_record(n, exc.custom_id, metadata, error=(exc.kind, exc.message)), progress)
             return None
         except JobValidationError as exc:
             self._emit(n, output_record(n, custom_id, metadata, error=("invalid_request", str(exc))), progress)

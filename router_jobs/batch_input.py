@@ -24,10 +24,11 @@ SUPPORTED_URLS = ("/v1/chat/completions", "/chat/completions", "/v1/messages")
 class LineError(ValueError):
     """A line that cannot become a job; ``kind`` and ``message`` go to the output line."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, custom_id: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.custom_id = custom_id
 
 
 @dataclass
@@ -120,7 +121,15 @@ def parse_line(line_no: int, text: str) -> BatchRequest:
         raise LineError("invalid_json", f"not valid JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(obj, dict):
         raise LineError("invalid_json", "a line must be a JSON object")
-    custom_id = obj.get("custom_id")
+    custom_id = None if obj.get("custom_id") is None else str(obj["custom_id"])
+    try:
+        return _request(line_no, obj, custom_id)
+    except LineError as exc:
+        exc.custom_id = custom_id
+        raise
+
+
+def _request(line_no: int, obj: dict[str, Any], custom_id: str | None) -> BatchRequest:
     if isinstance(obj.get("body"), dict):  # Batch API form
         url = obj.get("url")
         if url is not None and url not in SUPPORTED_URLS:
@@ -131,5 +140,4 @@ def parse_line(line_no: int, text: str) -> BatchRequest:
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
     if body.get("metadata") is not None and not isinstance(body.get("metadata"), dict):
         raise LineError("invalid_request", "metadata must be an object")
-    return BatchRequest(line=line_no, custom_id=None if custom_id is None else str(custom_id),
-                        fields=body_fields(body), metadata=dict(metadata))
+    return BatchRequest(line=line_no, custom_id=custom_id, fields=body_fields(body), metadata=dict(metadata))
