@@ -62,14 +62,16 @@ def cli() -> None:
 @click.option("--queues", "-Q", multiple=True, help="queues to consume (default: all)")
 @click.option("--restart/--no-restart", default=True, show_default=True,
               help="start the pool again when a worker process dies")
-@click.option("--preload", multiple=True, type=click.Choice(sorted(PROVIDERS)),
-              help="import this provider's SDK when a worker starts, not on its first call")
+@click.option("--preload", multiple=True, type=click.Choice(sorted([*PROVIDERS, "warmup"])),
+              help="import this provider's SDK when a worker starts, not on its first call; 'warmup': "
+                   "build every key's SDK client at start (see router_jobs.warmup)")
 def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool, preload: tuple[str, ...]) -> None:
     """Start a pool of worker processes (runs `dramatiq workers`)."""
     settings = Settings.from_env()
     env = dict(os.environ)
     env["REDIS_URL"] = resolve_redis_url(settings)  # workers find the same (embedded) server
-    modules = ["workers"] + [f"router_jobs.providers.{PROVIDERS[p][0]}" for p in preload]
+    modules = ["workers"] + [f"router_jobs.providers.{PROVIDERS[p][0]}" if p in PROVIDERS else f"router_jobs.{p}"
+                             for p in preload]
     argv = [sys.executable, "-m", "dramatiq", *modules, "--processes", str(processes),
             "--threads", str(threads)]
     if queues:

@@ -69,8 +69,11 @@ def queue_stats(client: redis.Redis, keyspace: Keyspace, *, stale: float = 30.0)
     """One row per queue: ready, delayed, in_flight, dead, consumers_alive, consumers_gone,
     oldest_ready_age (seconds, None when nothing is ready), completed_last_minute.
 
-    Consumers are those the queue's consumer group knows; one is alive when its heartbeat is
-    younger than ``stale`` seconds. Completions over the last 60 s are estimated from the
+    ``consumers_alive`` counts worker processes whose heartbeat is younger than ``stale``
+    seconds (a heartbeat is per process, and a process consumes every queue unless started
+    with ``--queues``); ``consumers_gone`` counts consumers the queue's group knows (Redis
+    adds one on its first delivery) whose heartbeat is older or missing: dead workers, whose
+    pending entries live ones take over. Completions over the last 60 s are estimated from the
     per-minute counters the job store keeps (this minute + the overlapping part of the last).
     """
     names = all_queues(client, keyspace)
@@ -88,8 +91,10 @@ def queue_stats(client: redis.Redis, keyspace: Keyspace, *, stale: float = 30.0)
         pipe.get(f"{keyspace.completions(q)}:{minute}")
         pipe.get(f"{keyspace.completions(q)}:{minute - 1}")
         groups, consumers, cur, prev = pipe.execute(raise_on_error=False)
-        names = [_text(c["name"]) for c in consumers] if isinstance(consumers, list) else []
-        alive = sum(1 for n in names if beats.get(n, float("inf")) <= stale)
+        in_group = {_text(c["name"]) for c in consumers} if isinstance(consumers, list) else set()
+        fresh = {n for n, a in beats.items() if a <= stale}
+        alive = len(fresh)
+        gone = len(in_group - fresh)
         oldest: float | None = None
         d = depths.get(q, {"ready": 0, "in_flight": 0, "delayed": 0, "dead": 0})
         if d["ready"] > 0 and isinstance(groups, list):
@@ -101,7 +106,7 @@ def queue_stats(client: redis.Redis, keyspace: Keyspace, *, stale: float = 30.0)
         done_prev = int(prev) if isinstance(prev, bytes | str | int) else 0
         rows.append({
             "queue": q, **d,
-            "consumers_alive": alive, "consumers_gone": len(names) - alive,
+            "consumers_alive": alive, "consumers_gone": gone,
             "oldest_ready_age": oldest,
             "completed_last_minute": done_now + round(done_prev * (1 - frac)),
         })
