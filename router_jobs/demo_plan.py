@@ -70,7 +70,7 @@ class DemoPlan:
     keys: list[DemoKey] = field(default_factory=list)
     workers: int = 2
     threads: int = 4
-    max_in_flight: int = 16
+    max_in_flight: int = 8
     refresh: float = 2.0
     latency: float = 0.05
     max_tokens: int = 64
