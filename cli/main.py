@@ -7,18 +7,52 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import click
+import redis
 
-from router_jobs.errors import RouterJobsError
+from router_jobs.errors import ConfigError, JobValidationError, RouterJobsError
 from router_jobs.redis_conn import resolve_redis_url
 from router_jobs.settings import Settings
 
+from .common import FAILED, USAGE
 
-@click.group()
+
+class RouterGroup(click.Group):
+    """The root group: library errors become one clear line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, JobValidationError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(USAGE)
+        except RouterJobsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(FAILED)
+        except redis.RedisError as exc:
+            click.echo(f"error: redis: {type(exc).__name__}: {exc}", err=True)
+            ctx.exit(FAILED)
+
+
+@click.group(cls=RouterGroup)
 @click.version_option(package_name="router-jobs")
 def cli() -> None:
-    """Operate router-jobs: workers, queues, keys, jobs, conversations, batches."""
+    """Operate router-jobs: workers, queues, keys, jobs, conversations, batches, a demo.
+
+    Configuration comes from the environment (REDIS_URL, ROUTER_KEYS_FILE, ROUTER_NAMESPACE,
+    SECRET_STORE_TYPE, API_KEY_<KEY_ID> ...); without REDIS_URL an embedded Redis is used.
+    Every listing takes --json. API key values are never printed.
+
+    \b
+    Exit codes:
+      0  success
+      1  unhealthy, not found, or failed items (a failed job, failed batch lines,
+         a leak found with --fail-on-found, Redis unreachable)
+      2  usage or configuration error (bad option, invalid keys file or job)
+      130 interrupted (a batch run stopped with Ctrl-C can be resumed)
+    """
 
 
 @cli.command()
@@ -28,7 +62,10 @@ def cli() -> None:
 @click.option("--restart/--no-restart", default=True, show_default=True,
               help="start the pool again when a worker process dies")
 def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool) -> None:
-    """Start a pool of worker processes (runs `dramatiq workers`)."""
+    """Start a pool of worker processes (runs `dramatiq workers`).
+
+    Each worker process warms up before it takes work: it loads the SDK of every configured
+    provider and builds every key's client, so a first call costs what any call costs."""
     settings = Settings.from_env()
     env = dict(os.environ)
     env["REDIS_URL"] = resolve_redis_url(settings)  # workers find the same (embedded) server
@@ -70,17 +107,21 @@ def supervise(argv: list[str], env: dict[str, str], *, restart: bool = True) -> 
 
 
 def main() -> None:
-    """Console-script entry point: library errors become one clear line and exit code 2."""
-    try:
-        cli(standalone_mode=True)
-    except RouterJobsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    """Console-script entry point."""
+    cli(standalone_mode=True)
 
 
+from cli import batch as _batch  # noqa: E402
+from cli import demo as _demo  # noqa: E402
+from cli import jobs as _jobs  # noqa: E402
+from cli import keys as _keys  # noqa: E402
+from cli import ops as _ops  # noqa: E402
 from cli.metrics_cmd import metrics  # noqa: E402
 
 cli.add_command(metrics)
+for _module in (_ops, _keys, _jobs, _batch, _demo):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
 
 if __name__ == "__main__":
     main()

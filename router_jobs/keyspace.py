@@ -53,6 +53,15 @@ class Keyspace:
     def idempotency(self, key: str) -> str:
         return f"{self.ns}:idem:{key}"
 
+    def job_pattern(self) -> str:
+        """SCAN pattern matching every job record (operators' ``jobs list``)."""
+        return f"{self.ns}:job:*"
+
+    # -- batches (``routerctl batch``): one small record per batch run, with a TTL
+    def batch(self, batch_id: str) -> str:
+        """Hash: input/output paths, counts of done/failed/submitted lines, state, timestamps."""
+        return f"{self.ns}:batch:{batch_id}"
+
     # -- key pool (one hash tag per limit scope)
     def scope(self, scope_id: str) -> str:
         return f"{self.ns}:{{pool:{scope_id}}}"

@@ -76,6 +76,47 @@ def live_consumers(client: redis.Redis, keyspace: Keyspace, stale_after: float) 
     return alive
 
 
+def queue_names(client: redis.Redis, keyspace: Keyspace) -> list[str]:
+    """Every queue some producer or worker declared, sorted."""
+    return sorted(_text(q) for q in client.smembers(keyspace.queues()))
+
+
+def queue_depths(client: redis.Redis, keyspace: Keyspace,
+                 queues: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per queue: ``ready`` (in the stream, not delivered), ``in_flight`` (delivered, not
+    acknowledged), ``delayed`` (in the delay set) and ``dead`` (dead-letter stream length).
+
+    ``queues`` defaults to the declared ones. Raises redis.ConnectionError when Redis is
+    unreachable; a queue whose consumer group does not exist yet counts nothing in flight.
+    """
+    ks = keyspace
+    queues = queue_names(client, ks) if queues is None else queues
+    if not queues:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for q in queues:
+        pipe.xlen(ks.stream(q))
+        pipe.xpending(ks.stream(q), GROUP)
+        pipe.zcard(ks.delayed(q))
+        pipe.xlen(ks.dead(q))
+    replies = pipe.execute(raise_on_error=False)
+    out: dict[str, dict[str, int]] = {}
+    for i, q in enumerate(queues):
+        xlen, pending, delayed, dead = replies[4 * i: 4 * i + 4]
+        for r in (xlen, delayed, dead):
+            if isinstance(r, redis.ConnectionError):
+                raise r
+        in_flight = int(pending["pending"]) if isinstance(pending, dict) else 0  # NOGROUP: none
+        stream_len = int(xlen) if isinstance(xlen, int) else 0
+        out[q] = {
+            "ready": max(0, stream_len - in_flight),
+            "in_flight": in_flight,
+            "delayed": int(delayed) if isinstance(delayed, int) else 0,
+            "dead": int(dead) if isinstance(dead, int) else 0,
+        }
+    return out
+
+
 def readiness(client: redis.Redis, keyspace: Keyspace | None, stale_after: float) -> tuple[bool, dict[str, Any]]:
     """Whether Redis answers PING and at least one worker heartbeat is recent, with a reason."""
     try:
@@ -133,28 +174,11 @@ class RedisCollector:
         yield from (f for f in fam.values() if f.samples)
 
     def _queues(self, fam: dict[str, GaugeMetricFamily]) -> None:
-        ks = self.keyspace
-        queues = sorted(_text(q) for q in self.client.smembers(ks.queues()))
-        if not queues:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for q in queues:
-            pipe.xlen(ks.stream(q))
-            pipe.xpending(ks.stream(q), GROUP)
-            pipe.zcard(ks.delayed(q))
-            pipe.xlen(ks.dead(q))
-        replies = pipe.execute(raise_on_error=False)
-        for i, q in enumerate(queues):
-            xlen, pending, delayed, dead = replies[4 * i: 4 * i + 4]
-            for r in (xlen, delayed, dead):
-                if isinstance(r, redis.ConnectionError):
-                    raise r
-            in_flight = int(pending["pending"]) if isinstance(pending, dict) else 0  # NOGROUP: none
-            stream_len = int(xlen) if isinstance(xlen, int) else 0
-            fam["router_queue_depth"].add_metric([q], max(0, stream_len - in_flight))
-            fam["router_queue_in_flight"].add_metric([q], in_flight)
-            fam["router_queue_delayed"].add_metric([q], int(delayed) if isinstance(delayed, int) else 0)
-            fam["router_queue_dead_letters"].add_metric([q], int(dead) if isinstance(dead, int) else 0)
+        for q, n in queue_depths(self.client, self.keyspace).items():
+            fam["router_queue_depth"].add_metric([q], n["ready"])
+            fam["router_queue_in_flight"].add_metric([q], n["in_flight"])
+            fam["router_queue_delayed"].add_metric([q], n["delayed"])
+            fam["router_queue_dead_letters"].add_metric([q], n["dead"])
 
     @staticmethod
     def _keys(fam: dict[str, GaugeMetricFamily], statuses: list[dict[str, Any]]) -> None:

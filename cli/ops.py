@@ -1,0 +1,82 @@
+"""``routerctl queues``, ``health`` and ``scan``."""
+
+from __future__ import annotations
+
+import click
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from router_jobs import ops, views
+from router_jobs.keys import load_keys
+from router_jobs.keyspace import Keyspace
+from router_jobs.redis_conn import connect, resolve_redis_url
+from router_jobs.scan import scan_paths
+
+from .common import FAILED, echo_json, json_option, router, settings
+
+
+@click.command()
+@json_option
+def queues(as_json: bool) -> None:
+    """Per queue: ready, delayed, in flight, dead-lettered, consumers, oldest ready, done in 1 min."""
+    r = router()
+    rows = ops.queue_stats(r.client, r.keyspace, stale=ops.stale_after(r.settings))
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(views.queues_table(rows))
+
+
+@click.command()
+@json_option
+def health(as_json: bool) -> None:
+    """Check Redis, worker heartbeats and keys; exit 1 with the reason when unhealthy."""
+    s = settings()
+    client = connect(resolve_redis_url(s), socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    try:
+        try:
+            up = bool(client.ping())
+        except redis.RedisError:
+            up = False
+        pool = router().pool if up else None
+        report = ops.health(client, Keyspace(s.namespace), pool, stale=ops.stale_after(s))
+    finally:
+        client.close()
+    if as_json:
+        echo_json(report)
+    else:
+        for c in report["checks"]:
+            click.echo(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['name']}: {c['detail']}")
+        click.echo("healthy" if report["healthy"] else "unhealthy: " + "; ".join(report["reasons"]))
+    if not report["healthy"]:
+        raise click.exceptions.Exit(FAILED)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--fail-on-found", is_flag=True, help="exit 1 when something is found")
+@click.option("--no-detect-secrets", is_flag=True, help="only exact matches of the configured keys' values")
+@json_option
+def scan(paths: tuple[str, ...], fail_on_found: bool, no_detect_secrets: bool, as_json: bool) -> None:
+    """Scan files for leaked credentials: secret-like strings and the configured keys' real
+    values (read from the secret store when it can). Prints file, line and kind, never the value."""
+    s = settings()
+    if s.keys_file.exists():
+        key_ids = [k.key_id for k in load_keys(s.keys_file).keys]
+    else:
+        key_ids = router().pool.key_ids()
+    known = ops.configured_secret_values(s, key_ids)
+    findings = scan_paths(paths or ["."], known, use_detect_secrets=not no_detect_secrets)
+    if as_json:
+        echo_json({"findings": [{"file": f.file, "line": f.line, "kind": f.kind} for f in findings],
+                   "count": len(findings), "known_values_checked": len(known)})
+    else:
+        for f in findings:
+            click.echo(str(f))
+        click.echo(f"{len(findings)} finding(s); {len(known)} configured key value(s) checked", err=True)
+    if fail_on_found and findings:
+        raise click.exceptions.Exit(FAILED)
+
+
+COMMANDS = [queues, health, scan]
