@@ -252,42 +252,22 @@ class RedisKeyPool:
 
     # ------------------------------------------------------------------ outcomes
     def report_success(self, grant: Grant, *, latency: float, rate_limit: RateLimitInfo | None) -> None:
-        """Record a success (latency in seconds).
-
-        Provider headers that say 0 left while our own log still shows room (the key is used
-        by someone else too) mark the key full until their reset. When our log is full as
-        well, the headers only confirm it: in a saturated window every answer says 0 left,
-        and acting on it would push slots already booked in this window into the next one.
-        """
+        """Record a success (latency in seconds); provider headers saying 0 left mark the key
+        full until their reset (they win over our log: the key may be used elsewhere too, and
+        the provider's window may run a little behind ours). A booked slot that falls due
+        just before such a reset waits for it (up to ``late_ms``) instead of losing its turn."""
         self.health.record(grant.key_id, ok=True, latency_ms=latency * 1000)
         if rate_limit is None:
             return
-        out_of = [unit for unit, remaining in (("requests", rate_limit.remaining_requests),
-                                               ("tokens", rate_limit.remaining_tokens)) if remaining == 0]
-        if not out_of or self._log_full(grant.key_id, out_of):
-            return
         until = 0.0
-        if "requests" in out_of:
+        if rate_limit.remaining_requests == 0:
             until = max(until, rate_limit.reset_requests_at or 0.0)
-        if "tokens" in out_of:
+        if rate_limit.remaining_tokens == 0:
             until = max(until, rate_limit.reset_tokens_at or 0.0)
-        if until == 0.0:
+        if (rate_limit.remaining_requests == 0 or rate_limit.remaining_tokens == 0) and until == 0.0:
             self.health.change("cooldown", grant.key_id, number=self.default_cooldown, reason="provider: 0 remaining")
-        else:
+        elif until > 0:
             self.health.change("full", grant.key_id, number=int(until * 1000), reason="provider: 0 remaining")
-
-    def _log_full(self, key_id: str, units: list[str]) -> bool:
-        """Whether our own log already has no room left in some window of each unit."""
-        status = self.health.status(key_id)
-        windows = list(status.get("limits", []))
-        group = status.get("group")
-        if group:
-            windows += list(group.get("limits", []))
-        for unit in units:
-            mine = [w for w in windows if w["unit"] == unit or (unit == "tokens" and w["unit"].endswith("tokens"))]
-            if not any(w["used"] + w["booked"] >= w["limit"] for w in mine):
-                return False
-        return True
 
     def report_error(self, grant: Grant, error: ProviderError, *, secret_fingerprint: str | None = None) -> None:
         """Record a failure and change the key's state as the error class says."""

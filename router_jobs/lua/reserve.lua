@@ -281,6 +281,12 @@ if raw then
     if fk then rescore(rec.k, spec, fk, true) end
     return {'g', rec.k, rec.m, tostring(rec.t)}
   end
+  -- the key is out for a moment only (the provider's reset falls just after the slot, a
+  -- short cooldown): keep the slot and come back when the key is back, instead of giving
+  -- the slot up and queueing behind every booking of the window
+  if from and from > now and from - rec.t <= late then
+    return {'w', from - now, 'booked slot: key back in ' .. (from - now) .. ' ms', 1}
+  end
   -- came too late for its slot, or the key went out of rotation: give the slot up, choose again
   remove_entries(rec)
   redis.call('HDEL', KEYS[6], rid)
