@@ -17,6 +17,9 @@ consumer. What a message goes through:
   dead-letter stream: it keeps killing its workers.
 * graceful shutdown: prefetched entries are handed back (``requeue.lua``).
 
+The broker and its consumer stay in one module (about 480 lines) on purpose: they are two
+halves of one protocol over the same keys and scripts, and reading one needs the other.
+
 Redis errors that survive the client's bounded retries surface as
 :class:`dramatiq.errors.ConnectionClosed` inside consumers (Dramatiq's worker knows to retry
 those) and as :class:`~router_jobs.errors.BrokerError` from producer calls.
