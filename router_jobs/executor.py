@@ -195,10 +195,16 @@ class Executor:
             model=grant.model, messages=messages, max_output_tokens=spec.max_output_tokens,
             temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
         )
+        try:
+            adapter = self.adapter_for(grant.provider)
+        except errors.ConfigError as exc:  # e.g. the provider's SDK is not installed
+            self.pool.settle(grant, None)
+            log.error("job %s: provider %s unavailable: %s", job.job_id, grant.provider, exc)
+            return self._end(job, queue, JobStatus.failed, "provider_unavailable", str(exc),
+                             attempts=job.attempts, grant=grant)
         self.jobs.begin_attempt(job.job_id, attempts)
         started = time.monotonic()
         try:
-            adapter = self.adapter_for(grant.provider)
             response = adapter.complete(call, creds)
         except errors.ProviderError as exc:
             seconds = time.monotonic() - started

@@ -12,9 +12,9 @@ them as ``reasoning_tokens`` too.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-import httpx
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -25,15 +25,16 @@ from . import errors_map as em
 from ._clients import ClientCache
 from .base import ChatRequest, ChatResponse, KeyCredentials
 
-_TIMEOUTS: tuple[type[BaseException], ...] = (httpx.TimeoutException,)
-_TRANSPORT: tuple[type[BaseException], ...] = (httpx.TransportError,)
-try:  # the SDK uses httpx2 when it is installed
-    import httpx2
-
-    _TIMEOUTS += (httpx2.TimeoutException,)
-    _TRANSPORT += (httpx2.TransportError,)
-except ImportError:  # pragma: no cover - depends on the environment
-    pass
+# The SDK runs on httpx or on httpx2, whichever the installation resolved: catch both.
+_TIMEOUTS: tuple[type[BaseException], ...] = ()
+_TRANSPORT: tuple[type[BaseException], ...] = ()
+for _name in ("httpx", "httpx2"):
+    try:
+        _http = importlib.import_module(_name)
+    except ImportError:  # pragma: no cover - depends on the environment
+        continue
+    _TIMEOUTS += (_http.TimeoutException,)
+    _TRANSPORT += (_http.TransportError,)
 
 _BLOCKING_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 
