@@ -7,7 +7,6 @@ Used by ``benchmarks/capacity.py`` (figures) and ``tests/test_e2e_capacity.py`` 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -15,47 +14,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from router_jobs.client import Router  # noqa: E402
-from router_jobs.fakeserver import FakeProviderServer, KeyLimit  # noqa: E402
+from router_jobs.fakeserver import KeyLimit, ProcessFakeServer  # noqa: E402
 from router_jobs.settings import Settings  # noqa: E402
 from tests.workerpool import WorkerPool  # noqa: E402
-
-
-class ProviderProcess:
-    """A fake provider in a process of its own, like a real provider: its clock and request
-    handling are not disturbed by the producer's or the test's own work."""
-
-    def __init__(self, keys: dict[str, str], limit: int, window_s: float, latency: float) -> None:
-        ctx = multiprocessing.get_context("fork")  # started before the router and its threads
-        self._cmd: Any = ctx.Queue()
-        self._out: Any = ctx.Queue()
-        self._proc = ctx.Process(target=_serve, args=(keys, limit, window_s, latency, self._cmd, self._out),
-                                 daemon=True)
-        self._proc.start()
-        self.base_url: str = self._out.get(timeout=60)
-
-    def finish(self) -> tuple[list[Any], dict[str, int]]:
-        """Stop the server; return what it received and the most requests in any window per key."""
-        self._cmd.put("stop")
-        records, windows = self._out.get(timeout=60)
-        self._proc.join(10)
-        return records, windows
-
-
-def _serve(keys: dict[str, str], limit: int, window_s: float, latency: float, cmd: Any, out: Any) -> None:
-    server = FakeProviderServer("openai", keys=keys, limits={k: KeyLimit(requests=limit, window=window_s)
-                                                            for k in keys}, latency=latency)
-    out.put(server.start())
-    cmd.get()
-    out.put(([(r.key, r.status, r.time) for r in server.received()],
-             {k: server.max_in_window(k, window_s) for k in keys}))
-    server.stop()
 
 
 @dataclass
@@ -96,8 +63,10 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
     requests per rolling ``window_s`` by the fake server, and let the workers drain them."""
     ns = f"cap{uuid.uuid4().hex[:8]}"
     names = {f"k{i}": f"sk-cap-{i}-{uuid.uuid4().hex}" for i in range(keys)}
-    server = ProviderProcess(names, limit, window_s, latency)
-    base_url = server.base_url
+    # the provider in its own process, as a real one is (its clock not held up by ours)
+    server = ProcessFakeServer("openai", keys=names, limits={k: KeyLimit(requests=limit, window=window_s)
+                                                             for k in names}, latency=latency)
+    base_url = server.start()
     folder = Path(tempfile.mkdtemp(prefix="rj-cap-"))
     spec = [{"key_id": k, "model_name": "gpt-4o-mini", "provider": "openai", "base_url": base_url,
              "windows": [{"limit": limit, "seconds": window_s}], "active": True} for k in names]
@@ -122,17 +91,19 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
         deliveries = 0
         for h in handles:
             deliveries += int(router.client.hget(router.keyspace.job(h.job_id), "deliveries") or 0)
-        received, windows = server.finish()
+        received = server.received()
+        windows = {k: server.max_in_window(k, window_s) for k in names}
         return CapacityRun(
             keys=keys, limit_per_key=limit, window_s=window_s, jobs=jobs,
             completed=sum(1 for r in results if r.ok), failed=sum(1 for r in results if not r.ok),
             wall_s=wall, theoretical_s=theoretical_minimum(jobs, keys * limit, window_s),
-            provider_429s=sum(1 for _key, status, _t in received if status == 429),
+            provider_429s=sum(1 for r in received if r.status == 429),
             max_in_window=windows,
             deliveries_per_job=deliveries / jobs,
         )
     finally:
         router.close()
+        server.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

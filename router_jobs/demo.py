@@ -40,7 +40,7 @@ from .demo_plan import (
     window_checks,
 )
 from .errors import BrokerError
-from .fakeserver import FakeProviderServer
+from .fakeserver import ProcessFakeServer
 from .redis_conn import EmbeddedRedis
 from .redisgauges import live_consumers
 from .secrets import env_names
@@ -57,7 +57,7 @@ class Demo:
         self.show = show
         self.tmp = Path(tempfile.mkdtemp(prefix="rj-demo-"))
         self.redis = EmbeddedRedis(self.tmp / "state")
-        self.servers: dict[str, FakeProviderServer] = {}
+        self.servers: dict[str, ProcessFakeServer] = {}
         self.workers: list[subprocess.Popen[bytes]] = []
         self.router: Router | None = None
         self.progress: BatchProgress | None = None
@@ -73,8 +73,10 @@ class Demo:
         for provider in sorted({k.provider for k in self.plan.keys}):
             keys = [k for k in self.plan.keys if k.provider == provider]
             secret_of = {k.key_id: f"demo-{provider}-{secrets.token_hex(12)}" for k in keys}
-            server = FakeProviderServer(provider, keys=secret_of, limits={k.key_id: k.server_limit() for k in keys},
-                                        latency=self.plan.latency)
+            # each provider in its own process, as a real one is: its clock is not held up
+            # by this process's work (the batch, the chats, the live view)
+            server = ProcessFakeServer(provider, keys=secret_of, limits={k.key_id: k.server_limit() for k in keys},
+                                       latency=self.plan.latency)
             server.start()
             self.servers[provider] = server
             for key_id, value in secret_of.items():

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fakeserver import FakeProviderServer, KeyLimit
+from .fakeserver import KeyLimit, ProcessFakeServer
 
 OPENAI_MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-3-5-haiku-latest"
@@ -88,13 +88,15 @@ class DemoPlan:
 
     @classmethod
     def fast(cls, prompts: int = 100) -> DemoPlan:
-        """The same shape with windows of seconds (for tests): a few seconds per 100 prompts."""
+        """The same shape with windows of seconds (for tests): a few seconds per 100 prompts.
+
+        Windows stay several times longer than the pool's 1 s margin on window ends."""
         return cls(prompts=prompts, conversations=2, turns=2, turn_gap=0.5, chat_start=0.5, refresh=0.5,
                    keys=[
-                       DemoKey("demo-openai-1", "openai", OPENAI_MODEL, 12, 3.0),
-                       DemoKey("demo-openai-2", "openai", OPENAI_MODEL, 12, 3.0),
-                       DemoKey("demo-anthropic-1", "anthropic", ANTHROPIC_MODEL, 4, 1.0),
-                       DemoKey("demo-anthropic-2", "anthropic", ANTHROPIC_MODEL, 4, 1.0),
+                       DemoKey("demo-openai-1", "openai", OPENAI_MODEL, 20, 5.0),
+                       DemoKey("demo-openai-2", "openai", OPENAI_MODEL, 20, 5.0),
+                       DemoKey("demo-anthropic-1", "anthropic", ANTHROPIC_MODEL, 10, 5.0),
+                       DemoKey("demo-anthropic-2", "anthropic", ANTHROPIC_MODEL, 10, 5.0),
                    ])
 
     def keys_document(self, base_urls: dict[str, str]) -> dict[str, Any]:
@@ -138,7 +140,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def window_checks(keys: list[DemoKey], servers: dict[str, FakeProviderServer]) -> dict[str, dict[str, Any]]:
+def window_checks(keys: list[DemoKey], servers: dict[str, ProcessFakeServer]) -> dict[str, dict[str, Any]]:
     """Per key, from the fake servers' records: admitted requests, 429s, the most admitted in
     any window of the key's length, and whether that stayed within the limit."""
     out: dict[str, dict[str, Any]] = {}

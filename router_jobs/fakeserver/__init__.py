@@ -10,7 +10,8 @@ Command line (for the demo and containers)::
         --limit k1=rpm:60,tpm:100000 --latency 0.05
 """
 
+from .process import ProcessFakeServer
 from .server import PROVIDERS, FakeProviderServer, KeyLimit, Record
 from .wire import Scenario
 
-__all__ = ["FakeProviderServer", "KeyLimit", "PROVIDERS", "Record", "Scenario"]
+__all__ = ["FakeProviderServer", "ProcessFakeServer", "KeyLimit", "PROVIDERS", "Record", "Scenario"]
