@@ -13,15 +13,15 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from router_jobs.broker import StreamsBroker
-from router_jobs.keyspace import Keyspace
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.broker.streams import StreamsBroker
 
 URL = os.environ["BENCH_REDIS_URL"]
 NS = os.environ.get("BENCH_NS", "bench")
 client = redis.Redis.from_url(URL)
 
 if os.environ.get("BENCH_BROKER", "streams") == "streams":
-    broker: dramatiq.Broker = StreamsBroker(redis.Redis.from_url(URL), keyspace=Keyspace(NS))
+    broker: dramatiq.Broker = StreamsBroker(redis.Redis.from_url(URL), schema=RedisSchema(NS))
 else:
     broker = RedisBroker(url=URL, namespace=NS)
 dramatiq.set_broker(broker)

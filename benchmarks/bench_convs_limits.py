@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import redis
 
-from router_jobs.budgets import Budgets
-from router_jobs.conversations import ConversationStore
-from router_jobs.keyspace import Keyspace
+from router_jobs.admission.budgets import Budgets
+from router_jobs.admission.userlimits import UserLimiter
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.conversations.store import ConversationStore
 from router_jobs.models import ChatMessage
 from router_jobs.settings import Settings
-from router_jobs.userlimits import UserLimiter
 from tests.redis_server import RedisServer
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     server = RedisServer()
     try:
         r = redis.Redis.from_url(server.url)
-        ks = Keyspace("bench")
+        ks = RedisSchema("bench")
         store = ConversationStore(r, ks)
         limiter = UserLimiter(r, ks, Settings(user_rpm_default=1e9, user_burst_default=1e9,
                                               global_rpm_max=1e9, global_burst_max=1e9))

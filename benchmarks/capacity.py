@@ -34,11 +34,11 @@ from typing import Any
 
 import redis
 
-from router_jobs.capacity import RedisKeyPool
-from router_jobs.keys import parse_keys
-from router_jobs.keyspace import Keyspace
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.capacity.config import parse_keys
+from router_jobs.capacity.pool import Grant, ReserveRequest, Wait
+from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.models import Usage
-from router_jobs.pool import Grant, ReserveRequest, Wait
 
 # a naive sliding-window limiter for comparison: every waiter is told the same "retry at T"
 NAIVE_LUA = """
@@ -67,7 +67,7 @@ def reservation_latency(client: redis.Redis, n_keys: int, calls: int, *, full: b
     limit = 2 if full else 1_000_000
     keys = [{"key_id": f"k{i:04d}", "model_name": "m", "provider": "fake", "rpm": limit, "tpm": 100_000_000}
             for i in range(n_keys)]
-    pool = RedisKeyPool(client, Keyspace(ns), parse_keys({"keys": keys}))
+    pool = RedisKeyPool(client, RedisSchema(ns), parse_keys({"keys": keys}))
     if full:  # fill every key first; then every measured call books a future slot
         for _ in range(n_keys * limit):
             pool.reserve(ReserveRequest(uuid.uuid4().hex, ["m"], 100, 100))
@@ -175,7 +175,7 @@ def oversubscription(client: redis.Redis, *, keys: int = 4, per_key: int = 5, wi
     ns = f"bench{uuid.uuid4().hex[:8]}"
     spec = [{"key_id": f"k{i}", "model_name": "m", "provider": "fake",
              "windows": [{"limit": per_key, "seconds": window_s}]} for i in range(keys)]
-    pool = RedisKeyPool(client, Keyspace(ns), parse_keys({"keys": spec}), margin_ms=margin_ms, late_ms=late_ms)
+    pool = RedisKeyPool(client, RedisSchema(ns), parse_keys({"keys": spec}), margin_ms=margin_ms, late_ms=late_ms)
     grants: dict[str, Grant] = {}
     glock = threading.Lock()
 

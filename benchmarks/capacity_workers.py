@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from router_jobs.client import Router  # noqa: E402
-from router_jobs.fakeserver import KeyLimit, ProcessFakeServer  # noqa: E402
+from fakeproviders import KeyLimit, ProcessFakeServer  # noqa: E402
+from router_jobs.client.router import Router  # noqa: E402
 from router_jobs.settings import Settings  # noqa: E402
 from tests.workerpool import WorkerPool  # noqa: E402
 
@@ -90,7 +90,7 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
                 print("finished (s after first queued):", fin[::8], "last", fin[-1], "wall", round(wall, 2))
         deliveries = 0
         for h in handles:
-            deliveries += int(router.client.hget(router.keyspace.job(h.job_id), "deliveries") or 0)
+            deliveries += int(router.client.hget(router.schema.job(h.job_id), "deliveries") or 0)
         received = server.received()
         windows = {k: server.max_in_window(k, window_s) for k in names}
         return CapacityRun(

@@ -26,7 +26,7 @@ def ours(url: str, n: int) -> list[float]:
     keys.write_text(json.dumps({"keys": [{"key_id": "lat-1", "model_name": "fake-model", "provider": "fake"}]}))
     env = {"REDIS_URL": url, "ROUTER_NAMESPACE": "lat", "ROUTER_KEYS_FILE": str(keys), "API_KEY_LAT_1": "x"}
     os.environ.update(env)
-    from router_jobs.client import Router
+    from router_jobs.client.router import Router
     from tests.workerpool import WorkerPool
 
     router = Router.from_env()

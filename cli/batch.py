@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from router_jobs import views
-from router_jobs.batch import BatchProgress, BatchRunner, batch_status
-
-from .common import FAILED, echo_json, fail, json_option, router
+from cli.common import FAILED, echo_json, fail, json_option, router
+from router_jobs.batch.runner import BatchProgress, BatchRunner, batch_status
+from router_jobs.ops import views
 
 INTERRUPTED = 130
 

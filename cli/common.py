@@ -9,8 +9,8 @@ import click
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from router_jobs.client import Router
-from router_jobs.redis_conn import connect, resolve_redis_url
+from router_jobs.backend.connection import connect, resolve_redis_url
+from router_jobs.client.router import Router
 from router_jobs.settings import Settings
 
 #: exit codes (documented in ``routerctl --help``)

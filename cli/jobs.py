@@ -6,10 +6,10 @@ import time
 
 import click
 
-from router_jobs import ops, views
-from router_jobs.conversations import check_conv_id
-
-from .common import FAILED, echo_json, fail, json_option, router
+from cli.common import FAILED, echo_json, fail, json_option, router
+from router_jobs.conversations.store import check_conv_id
+from router_jobs.ops import reads as ops
+from router_jobs.ops import views
 
 
 @click.command()
@@ -59,7 +59,7 @@ def jobs() -> None:
 def show_job(job_id: str, as_json: bool) -> None:
     """A job's status, result or error, attempts and deliveries (exit 1 if unknown)."""
     r = router()
-    detail = ops.job_detail(r.client, r.keyspace, job_id)
+    detail = ops.job_detail(r.client, r.schema, job_id)
     if detail is None:
         fail(f"no job {job_id} (unknown or expired)")
     assert detail is not None
@@ -82,7 +82,7 @@ def show_job(job_id: str, as_json: bool) -> None:
 def list_jobs(status: str | None, limit: int, scan_limit: int, as_json: bool) -> None:
     """Recent jobs, newest first (looks at up to --scan-limit records)."""
     r = router()
-    rows = ops.list_jobs(r.client, r.keyspace, status=status, limit=limit, scan_limit=scan_limit)
+    rows = ops.list_jobs(r.client, r.schema, status=status, limit=limit, scan_limit=scan_limit)
     if as_json:
         echo_json(rows)
         return
@@ -185,7 +185,7 @@ def dlq() -> None:
 def list_dlq(queue: str | None, limit: int, as_json: bool) -> None:
     """Dead-lettered entries, oldest first, with their reasons."""
     r = router()
-    rows = ops.dlq_list(r.client, r.keyspace, queue, limit)
+    rows = ops.dlq_list(r.client, r.schema, queue, limit)
     if as_json:
         echo_json(rows)
         return
@@ -204,7 +204,7 @@ def list_dlq(queue: str | None, limit: int, as_json: bool) -> None:
 def replay_dlq(queue: str, ids: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     """Re-enqueue dead-lettered messages onto QUEUE and remove them from its dead letters."""
     r = router()
-    n = ops.dlq_replay(r.client, r.keyspace, queue, ids or None, limit)
+    n = ops.dlq_replay(r.client, r.schema, queue, ids or None, limit)
     echo_json({"queue": queue, "replayed": n}) if as_json else click.echo(f"replayed {n} message(s) onto {queue}")
     if ids and n < len(ids):
         raise click.exceptions.Exit(FAILED)
@@ -220,7 +220,7 @@ def purge_dlq(queue: str, ids: tuple[str, ...], yes: bool, as_json: bool) -> Non
     if not yes:
         click.confirm(f"delete {'these' if ids else 'all'} dead letters of {queue}?", abort=True)
     r = router()
-    n = ops.dlq_purge(r.client, r.keyspace, queue, ids or None)
+    n = ops.dlq_purge(r.client, r.schema, queue, ids or None)
     echo_json({"queue": queue, "purged": n}) if as_json else click.echo(f"purged {n} dead letter(s) of {queue}")
 
 

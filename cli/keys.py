@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from router_jobs import ops, views
-from router_jobs.capacity import RedisKeyPool
+from cli.common import echo_json, fail, json_option, router
+from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.errors import ConfigError
-
-from .common import echo_json, fail, json_option, router
+from router_jobs.ops import reads as ops
+from router_jobs.ops import views
 
 
 def _pool() -> RedisKeyPool:

@@ -12,11 +12,10 @@ from typing import Any
 import click
 import redis
 
+from cli.common import FAILED, USAGE
+from router_jobs.backend.connection import resolve_redis_url
 from router_jobs.errors import ConfigError, JobValidationError, RouterJobsError
-from router_jobs.redis_conn import resolve_redis_url
 from router_jobs.settings import Settings
-
-from .common import FAILED, USAGE
 
 
 class RouterGroup(click.Group):

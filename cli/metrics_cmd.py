@@ -8,21 +8,21 @@ from typing import Any
 
 import click
 
-from router_jobs.exporter import MetricsServer
-from router_jobs.keyspace import Keyspace
-from router_jobs.logs import configure_logging
-from router_jobs.redis_conn import connect, resolve_redis_url
-from router_jobs.redisgauges import KeyStatuses
+from router_jobs.backend.connection import connect, resolve_redis_url
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.observability.exporter import MetricsServer
+from router_jobs.observability.gauges import KeyStatuses
+from router_jobs.observability.logs import configure_logging
 from router_jobs.settings import Settings
 
 
-def pool_key_statuses(client: Any, keyspace: Keyspace) -> KeyStatuses | None:
+def pool_key_statuses(client: Any, schema: RedisSchema) -> KeyStatuses | None:
     """``RedisKeyPool(...).key_statuses`` when the exact key pool is installed, else None."""
     try:
-        capacity = importlib.import_module("router_jobs.capacity")
+        capacity = importlib.import_module("router_jobs.capacity.redis_pool")
     except ImportError:
         return None
-    pool = capacity.RedisKeyPool(client, keyspace)
+    pool = capacity.RedisKeyPool(client, schema)
     statuses: KeyStatuses = pool.key_statuses
     return statuses
 
@@ -42,9 +42,9 @@ def serve(host: str, port: int | None, redis_gauges: bool) -> None:
     settings = Settings.from_env()
     configure_logging(json=settings.log_json)
     client = connect(resolve_redis_url(settings)) if redis_gauges else None
-    statuses = pool_key_statuses(client, Keyspace(settings.namespace)) if client is not None else None
+    statuses = pool_key_statuses(client, RedisSchema(settings.namespace)) if client is not None else None
     server = MetricsServer(settings, statuses, client=client, host=host, port=port, redis_gauges=redis_gauges)
-    logging.getLogger("router_jobs.exporter").info(
+    logging.getLogger("router_jobs.observability.exporter").info(
         "serving metrics on %s:%d (multiprocess folder: %s)", host, server.port,
         settings.prometheus_multiproc_dir or "none")
     try:

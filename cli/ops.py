@@ -7,13 +7,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from router_jobs import ops, views
-from router_jobs.keys import load_keys
-from router_jobs.keyspace import Keyspace
-from router_jobs.redis_conn import connect, resolve_redis_url
-from router_jobs.scan import scan_paths
-
-from .common import FAILED, echo_json, json_option, router, settings
+from cli.common import FAILED, echo_json, json_option, router, settings
+from router_jobs.backend.connection import connect, resolve_redis_url
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.capacity.config import load_keys
+from router_jobs.ops import reads as ops
+from router_jobs.ops import views
+from router_jobs.secrets.scan import scan_paths
 
 
 @click.command()
@@ -21,7 +21,7 @@ from .common import FAILED, echo_json, json_option, router, settings
 def queues(as_json: bool) -> None:
     """Per queue: ready, delayed, in flight, dead-lettered, consumers, oldest ready, done in 1 min."""
     r = router()
-    rows = ops.queue_stats(r.client, r.keyspace, stale=ops.stale_after(r.settings))
+    rows = ops.queue_stats(r.client, r.schema, stale=ops.stale_after(r.settings))
     if as_json:
         echo_json(rows)
     else:
@@ -40,7 +40,7 @@ def health(as_json: bool) -> None:
         except redis.RedisError:
             up = False
         pool = router().pool if up else None
-        report = ops.health(client, Keyspace(s.namespace), pool, stale=ops.stale_after(s))
+        report = ops.health(client, RedisSchema(s.namespace), pool, stale=ops.stale_after(s))
     finally:
         client.close()
     if as_json:

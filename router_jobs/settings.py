@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .errors import ConfigError
+from router_jobs.errors import ConfigError
 
 #: environment name -> settings field. The single table of what the settings read.
 ENV_NAMES: dict[str, str] = {

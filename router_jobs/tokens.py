@@ -24,7 +24,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 
-from .models import ChatMessage
+from router_jobs.models import ChatMessage
 
 PER_MESSAGE = 4
 PER_REPLY = 3

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from router_jobs.redis_conn import redis_server_binary
+from router_jobs.backend.connection import redis_server_binary
 
 
 def free_port() -> int:

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import redis
 
-from router_jobs.aclient import AsyncRouter
-from router_jobs.client import Router
+from router_jobs.capacity.config import parse_keys
+from router_jobs.client.async_router import AsyncRouter
+from router_jobs.client.router import Router
 from router_jobs.errors import JobFailed, JobTimeout, JobValidationError
-from router_jobs.keys import parse_keys
 from router_jobs.models import JobResult, JobStatus
 from router_jobs.settings import Settings
 

@@ -17,8 +17,8 @@ import redis
 from dramatiq import Worker
 from dramatiq.middleware import Retries
 
-from router_jobs.broker import GROUP, StreamsBroker
-from router_jobs.keyspace import Keyspace
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.broker.streams import GROUP, StreamsBroker
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -31,7 +31,7 @@ def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyp
 
 @pytest.fixture
 def broker(r: redis.Redis, namespace: str) -> Iterator[StreamsBroker]:
-    b = StreamsBroker(r, keyspace=Keyspace(namespace), visibility_timeout=600, max_deliveries=3)
+    b = StreamsBroker(r, schema=RedisSchema(namespace), visibility_timeout=600, max_deliveries=3)
     dramatiq.set_broker(b)
     yield b
     b.close()
@@ -52,7 +52,7 @@ def test_enqueue_consume_ack(broker: StreamsBroker, r: redis.Redis) -> None:
 
     for i in range(50):
         add.send(i)
-    assert r.xlen(broker.keyspace.stream("interactive")) == 50
+    assert r.xlen(broker.schema.stream("interactive")) == 50
     w = start_worker(broker)
     try:
         broker.join("interactive", timeout=10_000)
@@ -61,8 +61,8 @@ def test_enqueue_consume_ack(broker: StreamsBroker, r: redis.Redis) -> None:
         w.stop()
     assert sorted(seen) == list(range(50))
     # acked entries are deleted, nothing is left pending
-    assert r.xlen(broker.keyspace.stream("interactive")) == 0
-    assert r.xpending(broker.keyspace.stream("interactive"), GROUP)["pending"] == 0
+    assert r.xlen(broker.schema.stream("interactive")) == 0
+    assert r.xpending(broker.schema.stream("interactive"), GROUP)["pending"] == 0
 
 
 def test_failing_message_is_dead_lettered_with_reason(broker: StreamsBroker, r: redis.Redis) -> None:
@@ -73,13 +73,13 @@ def test_failing_message_is_dead_lettered_with_reason(broker: StreamsBroker, r: 
     boom.send()
     w = start_worker(broker)
     try:
-        wait_for(lambda: r.xlen(broker.keyspace.dead("interactive")) == 1)
+        wait_for(lambda: r.xlen(broker.schema.dead("interactive")) == 1)
     finally:
         w.stop()
     [dead] = broker.dead_letters("interactive")
     assert dead["actor"] == "boom"
     assert "ValueError: this message can never work" in dead["reason"]
-    assert r.xlen(broker.keyspace.stream("interactive")) == 0
+    assert r.xlen(broker.schema.stream("interactive")) == 0
 
 
 def test_delayed_message_waits_in_redis_then_runs(broker: StreamsBroker, r: redis.Redis) -> None:
@@ -93,12 +93,12 @@ def test_delayed_message_waits_in_redis_then_runs(broker: StreamsBroker, r: redi
     try:
         later.send_with_options(delay=400)
         # it sits in the delay set (not in any worker's memory) until due
-        assert r.zcard(broker.keyspace.delayed("interactive")) == 1
+        assert r.zcard(broker.schema.delayed("interactive")) == 1
         assert not ran.is_set()
         assert ran.wait(10)
     finally:
         w.stop()
-    assert r.zcard(broker.keyspace.delayed("interactive")) == 0
+    assert r.zcard(broker.schema.delayed("interactive")) == 0
 
 
 def test_delay_uses_server_clock_and_promotion_moves_each_message_once(
@@ -138,7 +138,7 @@ def test_requeue_on_shutdown_hands_prefetched_messages_back(broker: StreamsBroke
     w = start_worker(broker, threads=1)
     assert started.wait(10)
     w.stop()
-    stream = broker.keyspace.stream("interactive")
+    stream = broker.schema.stream("interactive")
     # the unprocessed messages are back in the stream, owned by nobody
     assert r.xpending(stream, GROUP)["pending"] == 0
     remaining = r.xlen(stream)
@@ -174,7 +174,7 @@ def test_orphaned_entries_are_reclaimed_after_visibility_timeout(broker: Streams
     broker.declare_queue("interactive")
     for i in range(5):
         job.send(i)
-    stream = broker.keyspace.stream("interactive")
+    stream = broker.schema.stream("interactive")
     # a consumer that reads and then dies without acking
     r.xreadgroup(GROUP, "dead-consumer", {stream: ">"}, count=5)
     assert r.xpending(stream, GROUP)["pending"] == 5
@@ -194,23 +194,23 @@ def test_entry_started_too_often_goes_to_dead_letters(broker: StreamsBroker, r: 
 
     broker.declare_queue("interactive")
     victim.send()
-    stream = broker.keyspace.stream("interactive")
+    stream = broker.schema.stream("interactive")
     [[_, [(entry_id, _)]]] = r.xreadgroup(GROUP, "crasher-0", {stream: ">"}, count=1)  # started, died
     for i in range(1, 3):  # taken over and started twice more, dying each time: 3 starts in all
         time.sleep(0.65)
         r.xautoclaim(stream, GROUP, f"crasher-{i}", 600, "0-0")
-        r.hincrby(broker.keyspace.starts("interactive"), entry_id, 1)  # what StartTracker records
+        r.hincrby(broker.schema.starts("interactive"), entry_id, 1)  # what StartTracker records
     time.sleep(0.65)
     w = start_worker(broker)
     try:
-        wait_for(lambda: r.xlen(broker.keyspace.dead("interactive")) == 1)
+        wait_for(lambda: r.xlen(broker.schema.dead("interactive")) == 1)
     finally:
         w.stop()
     [dead] = broker.dead_letters("interactive")
     assert dead["starts"] == 3 and dead["deliveries"] == 4
     assert "started 3 times without an ack" in dead["reason"]
     assert r.xlen(stream) == 0
-    assert not r.exists(broker.keyspace.starts("interactive"))
+    assert not r.exists(broker.schema.starts("interactive"))
 
 
 def test_prefetched_entries_of_crashed_consumers_are_not_blamed(broker: StreamsBroker, r: redis.Redis) -> None:
@@ -223,7 +223,7 @@ def test_prefetched_entries_of_crashed_consumers_are_not_blamed(broker: StreamsB
     broker.declare_queue("interactive")
     for i in range(3):
         innocent.send(i)
-    stream = broker.keyspace.stream("interactive")
+    stream = broker.schema.stream("interactive")
     r.xreadgroup(GROUP, "crasher-0", {stream: ">"}, count=3)  # prefetched, never started
     for i in range(1, 5):  # four more consumers prefetch them and die before starting them
         time.sleep(0.65)
@@ -235,7 +235,7 @@ def test_prefetched_entries_of_crashed_consumers_are_not_blamed(broker: StreamsB
     finally:
         w.stop()
     assert sorted(seen) == [0, 1, 2]
-    assert r.xlen(broker.keyspace.dead("interactive")) == 0
+    assert r.xlen(broker.schema.dead("interactive")) == 0
 
 
 def test_heartbeat_keeps_a_long_job_from_a_second_worker(broker: StreamsBroker, redis_url: str,
@@ -251,7 +251,7 @@ def test_heartbeat_keeps_a_long_job_from_a_second_worker(broker: StreamsBroker, 
     long_call.send()
     wait_for(lambda: len(runs) == 1)
     # a second worker process (own broker, own consumer name) watches for orphans meanwhile
-    other = StreamsBroker(redis.Redis.from_url(redis_url), keyspace=Keyspace(namespace), visibility_timeout=600)
+    other = StreamsBroker(redis.Redis.from_url(redis_url), schema=RedisSchema(namespace), visibility_timeout=600)
     other.actors = broker.actors
     w2 = Worker(other, worker_threads=1, worker_timeout=100)
     w2.start()
@@ -313,4 +313,4 @@ def test_retries_middleware_still_works(broker: StreamsBroker, r: redis.Redis) -
         broker.join("interactive", timeout=5000)
     finally:
         w.stop()
-    assert r.xlen(broker.keyspace.dead("interactive")) == 0
+    assert r.xlen(broker.schema.dead("interactive")) == 0

@@ -8,16 +8,16 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from router_jobs.budgets import Budgets, cost_of
+from router_jobs.admission.budgets import Budgets, cost_of
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.capacity.config import Cost
 from router_jobs.errors import BudgetExceeded, JobValidationError
-from router_jobs.keys import Cost
-from router_jobs.keyspace import Keyspace
 from router_jobs.models import Usage
 
 
 @pytest.fixture
 def budgets(r: redis.Redis, namespace: str) -> Budgets:
-    return Budgets(r, Keyspace(namespace))
+    return Budgets(r, RedisSchema(namespace))
 
 
 def test_record_per_key_user_model_and_total(budgets: Budgets) -> None:
@@ -49,7 +49,7 @@ def test_day_is_the_server_utc_day_and_keys_expire(budgets: Budgets, r: redis.Re
     sec, _ = r.time()
     assert budgets.today() == datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%d")
     budgets.record("k1", "m", "u", 0.1)
-    ttl = r.ttl(Keyspace(namespace).budget_spend(budgets.today()))
+    ttl = r.ttl(RedisSchema(namespace).budget_spend(budgets.today()))
     assert 7 * 86400 < ttl <= 8 * 86400
     assert budgets.spend_on("1999-01-01", "key:k1") == 0.0
 

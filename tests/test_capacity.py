@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 import redis
 
-from router_jobs.capacity import RedisKeyPool
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.capacity.config import KeyConfig, parse_keys
+from router_jobs.capacity.pool import Grant, ReserveRequest, Wait
+from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.errors import (
     ConfigError,
     KeyInvalid,
@@ -17,10 +20,7 @@ from router_jobs.errors import (
     QuotaExhausted,
     TransientProviderError,
 )
-from router_jobs.keys import KeyConfig, parse_keys
-from router_jobs.keyspace import Keyspace
 from router_jobs.models import Usage
-from router_jobs.pool import Grant, ReserveRequest, Wait
 from router_jobs.providers.base import RateLimitInfo
 
 
@@ -28,7 +28,7 @@ def make_pool(r: redis.Redis, namespace: str, keys: list[dict[str, Any]], groups
               **kw: Any) -> RedisKeyPool:
     kw.setdefault("margin_ms", 0)
     kf = parse_keys({"keys": keys, "quota_groups": groups or []})
-    return RedisKeyPool(r, Keyspace(namespace), kf, **kw)
+    return RedisKeyPool(r, RedisSchema(namespace), kf, **kw)
 
 
 def req(models: list[str] | str = "m", tin: int = 10, tout: int = 10, rid: str | None = None, **kw: Any) -> ReserveRequest:
@@ -80,7 +80,7 @@ def test_sliding_window_not_fixed_window(r: redis.Redis, namespace: str) -> None
 
 def assert_no_window_over(r: redis.Redis, namespace: str, scope: str, ms: int, limit: int) -> None:
     """Every stamp in the key's log: no rolling window of ``ms`` holds more than ``limit``."""
-    ks = Keyspace(namespace)
+    ks = RedisSchema(namespace)
     prefix = f"{scope}\x1f{ms}\x1f"
     stamps = sorted(
         int(m.decode()[len(prefix):len(prefix) + 15])
@@ -284,7 +284,7 @@ def test_quota_group_is_shared(r: redis.Redis, namespace: str) -> None:
 
 def test_registry_changes_are_seen_by_other_workers(r: redis.Redis, namespace: str) -> None:
     pool = make_pool(r, namespace, [key("a")])
-    other = RedisKeyPool(r, Keyspace(namespace), refresh_interval=0.0)
+    other = RedisKeyPool(r, RedisSchema(namespace), refresh_interval=0.0)
     assert other.models() == {"m"}
     pool.add_key(KeyConfig(key_id="n", model_name="new", provider="openai", base_url="http://x"))
     g = other.reserve(req("new"))

@@ -17,12 +17,12 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from router_jobs.capacity import RedisKeyPool
-from router_jobs.keys import parse_keys
-from router_jobs.keyspace import Keyspace
+from router_jobs.backend.connection import connect
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.capacity.config import parse_keys
+from router_jobs.capacity.pool import Grant, ReserveRequest, Wait
+from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.models import Usage
-from router_jobs.pool import Grant, ReserveRequest, Wait
-from router_jobs.redis_conn import connect
 from tests.redis_server import RedisServer, free_port
 
 THREADS_PER_PROCESS = 32
@@ -32,7 +32,7 @@ PROCESSES = 2
 def _hammer(url: str, namespace: str, tag: str, weights: list[int], out: Any) -> None:
     """One process: THREADS_PER_PROCESS threads, each reserving once with its weight."""
     client = redis.Redis.from_url(url)
-    pool = RedisKeyPool(client, Keyspace(namespace))
+    pool = RedisKeyPool(client, RedisSchema(namespace))
     results: list[tuple[str, int, str]] = []
     lock = threading.Lock()
     start = threading.Barrier(len(weights))
@@ -71,7 +71,7 @@ def run_contention(redis_url: str, namespace: str, weights: list[int]) -> list[t
 
 def load(r: redis.Redis, namespace: str, keys: list[dict[str, Any]], groups: list[dict[str, Any]] | None = None,
          ) -> RedisKeyPool:
-    return RedisKeyPool(r, Keyspace(namespace), parse_keys({"keys": keys, "quota_groups": groups or []}),
+    return RedisKeyPool(r, RedisSchema(namespace), parse_keys({"keys": keys, "quota_groups": groups or []}),
                         margin_ms=0)
 
 
@@ -79,7 +79,7 @@ def stamps(r: redis.Redis, namespace: str, scope: str, ms: int) -> list[tuple[in
     """(stamp, tokens) of every live entry of a scope's log, in time order."""
     prefix = f"{scope}\x1f{ms}\x1f"
     out = []
-    for m in r.zrangebylex(Keyspace(namespace).pool_log("default"), "[" + prefix, "(" + prefix + "\xff"):
+    for m in r.zrangebylex(RedisSchema(namespace).pool_log("default"), "[" + prefix, "(" + prefix + "\xff"):
         text = m.decode()
         out.append((int(text[len(prefix):len(prefix) + 15]), int(text.rsplit("\x1f", 1)[1].split(",")[1])))
     return out
@@ -196,7 +196,7 @@ def test_redis_cluster_runs_every_script(cluster: list[int], namespace: str) -> 
                      {"key_id": "b", "model_name": "m2", "provider": "fake", "tpm": 1000}],
             "quota_groups": [{"name": "proj", "rpd": 100}],
         })
-        pool = RedisKeyPool(rc, Keyspace(namespace), kf)  # type: ignore[arg-type]
+        pool = RedisKeyPool(rc, RedisSchema(namespace), kf)  # type: ignore[arg-type]
         out = [pool.reserve(ReserveRequest(f"r{i}", ["m", "m2"], 10, 10)) for i in range(6)]
         grants = [g for g in out if isinstance(g, Grant)]
         assert len(grants) == 6 and {g.key_id for g in grants} == {"a", "b"}

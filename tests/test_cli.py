@@ -13,8 +13,8 @@ import redis
 from click.testing import CliRunner, Result
 
 from cli.main import cli
-from router_jobs.jobstore import job_message
-from router_jobs.keyspace import Keyspace
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.jobs.records import job_message
 from router_jobs.models import ChatMessage
 from tests.workerpool import fake_key
 
@@ -120,9 +120,9 @@ def test_jobs_show_list_cancel(env: dict[str, str]) -> None:
 
 
 def test_conversations(env: dict[str, str], redis_url: str, namespace: str) -> None:
-    from router_jobs.conversations import ConversationStore
+    from router_jobs.conversations.store import ConversationStore
 
-    store = ConversationStore(redis.Redis.from_url(redis_url), Keyspace(namespace))
+    store = ConversationStore(redis.Redis.from_url(redis_url), RedisSchema(namespace))
     for i in range(3):
         store.append_turn("c-1", [ChatMessage(role="user", content=f"q{i}")],
                           ChatMessage(role="assistant", content=f"a{i}"), tokens=5, model="fake-model",
@@ -139,7 +139,7 @@ def test_conversations(env: dict[str, str], redis_url: str, namespace: str) -> N
 
 
 def test_dead_letters_list_replay_purge(env: dict[str, str], redis_url: str, namespace: str) -> None:
-    client, ks = redis.Redis.from_url(redis_url), Keyspace(namespace)
+    client, ks = redis.Redis.from_url(redis_url), RedisSchema(namespace)
     client.sadd(ks.queues(), "interactive")
     for i in range(3):
         client.xadd(ks.dead("interactive"), {"m": job_message(f"job{i}", "interactive"),
@@ -159,7 +159,7 @@ def test_dead_letters_list_replay_purge(env: dict[str, str], redis_url: str, nam
 def test_health_reasons_and_exit_codes(env: dict[str, str], redis_url: str, namespace: str) -> None:
     report = js(env, "health", code=1)
     assert report["healthy"] is False and any("no worker heartbeat" in r for r in report["reasons"])
-    client, ks = redis.Redis.from_url(redis_url), Keyspace(namespace)
+    client, ks = redis.Redis.from_url(redis_url), RedisSchema(namespace)
     client.hset(ks.consumers(), "host-1-abc", str(time.time()))
     assert js(env, "health")["healthy"] is True
     run(env, "keys", "disable", "fake-1")

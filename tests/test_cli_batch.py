@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from router_jobs.batch import default_batch_id, line_job_id
-from router_jobs.batch_input import LineError, parse_line
+from router_jobs.batch.lines import LineError, parse_line
+from router_jobs.batch.runner import default_batch_id, line_job_id
 from tests.workerpool import WorkerPool, fake_key, write_keys
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from cli.demo.plan import DemoKey, DemoPlan, percentile, theoretical_min_seconds
 from cli.main import cli
-from router_jobs.demo_plan import DemoKey, DemoPlan, percentile, theoretical_min_seconds
 
 
 @pytest.mark.e2e

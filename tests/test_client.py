@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from router_jobs.client import Router
+from router_jobs.capacity.config import parse_keys
+from router_jobs.client.router import Router
 from router_jobs.errors import JobCancelled, JobExpired, JobFailed, JobTimeout, JobValidationError
-from router_jobs.keys import parse_keys
 from router_jobs.models import JobResult, JobStatus
 from router_jobs.settings import Settings
 
@@ -34,7 +34,7 @@ def router(r: redis.Redis, redis_url: str, namespace: str) -> Iterator[Router]:
 
 
 def stream_len(router: Router, queue: str = "interactive") -> int:
-    return int(router.client.xlen(router.keyspace.stream(queue)))
+    return int(router.client.xlen(router.schema.stream(queue)))
 
 
 def finish(router: Router, job_id: str, status: JobStatus = JobStatus.succeeded, **fields: object) -> None:
@@ -67,7 +67,7 @@ def test_bad_jobs_are_refused_naming_the_field_and_nothing_is_enqueued(
         router.submit(**args)  # type: ignore[arg-type]
     assert info.value.field == field
     assert stream_len(router) == 0
-    assert not list(router.client.scan_iter(f"{router.keyspace.ns}:job:*"))
+    assert not list(router.client.scan_iter(f"{router.schema.ns}:job:*"))
 
 
 def test_submit_writes_record_and_message(router: Router) -> None:
@@ -76,7 +76,7 @@ def test_submit_writes_record_and_message(router: Router) -> None:
     status = router.status(job)
     assert status is not None and status.status == JobStatus.queued
     assert status.metadata == {"n": 1}
-    assert router.client.ttl(router.keyspace.job(job.job_id)) > 0
+    assert router.client.ttl(router.schema.job(job.job_id)) > 0
 
 
 def test_batch_priority_goes_to_batch_queue(router: Router) -> None:
@@ -96,7 +96,7 @@ def test_same_idempotency_key_returns_same_job_and_enqueues_nothing(router: Rout
 def test_delayed_submit_waits_in_delay_set(router: Router) -> None:
     router.submit("later", model="fake-model", delay=30)
     assert stream_len(router) == 0
-    assert router.client.zcard(router.keyspace.delayed("interactive")) == 1
+    assert router.client.zcard(router.schema.delayed("interactive")) == 1
 
 
 def test_await_result_wakes_on_completion(router: Router) -> None:

@@ -13,12 +13,12 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, ResponseError
 
-from router_jobs.budgets import Budgets
-from router_jobs.conversations import ConversationStore
-from router_jobs.keyspace import Keyspace
+from router_jobs.admission.budgets import Budgets
+from router_jobs.admission.userlimits import UserLimiter
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.conversations.store import ConversationStore
 from router_jobs.models import ChatMessage
 from router_jobs.settings import Settings
-from router_jobs.userlimits import UserLimiter
 from tests.redis_server import RedisServer
 
 
@@ -61,7 +61,7 @@ def test_the_cluster_refuses_cross_slot_scripts(cluster: RedisCluster) -> None:
 
 
 def test_scripts_run_on_a_cluster(cluster: RedisCluster, namespace: str) -> None:
-    ks = Keyspace(namespace)
+    ks = RedisSchema(namespace)
     store = ConversationStore(cluster, ks)  # type: ignore[arg-type]
     seq = store.next_turn_seq("c")
     assert store.turn_gate("c", seq)

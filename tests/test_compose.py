@@ -77,7 +77,7 @@ def test_metrics_server_port_matches_prometheus(compose: dict[str, Any]) -> None
 def test_fake_provider_for_the_demo(compose: dict[str, Any]) -> None:
     fake = compose["services"]["fakeserver"]
     cmd = fake["command"]
-    assert cmd[:3] == ["python", "-m", "router_jobs.fakeserver"]
+    assert cmd[:3] == ["python", "-m", "fakeproviders"]
     port = cmd[cmd.index("--port") + 1]
     assert port in fake["expose"]
     keys = (ROOT / "config/keys.demo.json").read_text()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from router_jobs.capacity.config import load_keys, parse_keys
 from router_jobs.errors import ConfigError
-from router_jobs.keys import load_keys, parse_keys
 from router_jobs.settings import ENV_NAMES, Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ import time
 import pytest
 import redis
 
-from router_jobs.conversations import ConversationStore, trim_to_budget
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.conversations.store import ConversationStore, trim_to_budget
 from router_jobs.errors import JobValidationError
-from router_jobs.keyspace import Keyspace
 from router_jobs.models import ChatMessage
 from router_jobs.settings import Settings
 
@@ -26,7 +26,7 @@ def A(text: str) -> ChatMessage:
 
 @pytest.fixture
 def store(r: redis.Redis, namespace: str) -> ConversationStore:
-    return ConversationStore(r, Keyspace(namespace), ttl_seconds=Settings().conversation_ttl_seconds)
+    return ConversationStore(r, RedisSchema(namespace), ttl_seconds=Settings().conversation_ttl_seconds)
 
 
 def turn(store: ConversationStore, conv: str, i: int, **kw: object) -> bool:
@@ -108,7 +108,7 @@ def test_metadata_delete_and_missing(store: ConversationStore) -> None:
 def test_list_scans_live_conversations(store: ConversationStore, r: redis.Redis, namespace: str) -> None:
     for name in ("planner_1", "planner_2", "coder_1"):
         store.create(name)
-    other = ConversationStore(r, Keyspace(namespace + "x"))
+    other = ConversationStore(r, RedisSchema(namespace + "x"))
     other.create("planner_9")
     assert sorted(store.list()) == ["coder_1", "planner_1", "planner_2"]
     assert sorted(store.list("planner_*")) == ["planner_1", "planner_2"]
@@ -116,7 +116,7 @@ def test_list_scans_live_conversations(store: ConversationStore, r: redis.Redis,
 
 
 def test_ttl_set_and_refreshed_on_use(r: redis.Redis, namespace: str) -> None:
-    ks = Keyspace(namespace)
+    ks = RedisSchema(namespace)
     store = ConversationStore(r, ks, ttl_seconds=1000)
     turn(store, "c", 1)
     for key in (ks.conv_messages("c"), ks.conv_meta("c"), ks.conv_applied("c")):
@@ -133,11 +133,11 @@ def test_ttl_set_and_refreshed_on_use(r: redis.Redis, namespace: str) -> None:
 def test_from_settings_uses_namespace_and_ttl(r: redis.Redis, namespace: str) -> None:
     store = ConversationStore.from_settings(r, Settings(namespace=namespace, conversation_ttl_seconds=123))
     store.create("c")
-    assert 100 < r.ttl(Keyspace(namespace).conv_meta("c")) <= 123
+    assert 100 < r.ttl(RedisSchema(namespace).conv_meta("c")) <= 123
 
 
 def test_expired_conversation_is_gone(r: redis.Redis, namespace: str) -> None:
-    store = ConversationStore(r, Keyspace(namespace), ttl_seconds=1)
+    store = ConversationStore(r, RedisSchema(namespace), ttl_seconds=1)
     turn(store, "c", 1)
     for key in r.keys(f"{namespace}:*"):
         r.pexpire(key, 1)
@@ -151,10 +151,10 @@ def test_provider_neutral_round_trip(store: ConversationStore, r: redis.Redis, n
                       key_id="g1", provider="gemini", job_id="j1")
     store.append_turn("c", [U("and now?")], A("still here"), tokens=4, model="claude-sonnet-4",
                       key_id="a1", provider="anthropic", job_id="j2")
-    raw = r.lrange(Keyspace(namespace).conv_messages("c"), 0, -1)
+    raw = r.lrange(RedisSchema(namespace).conv_messages("c"), 0, -1)
     assert all(set(__import__("json").loads(x)) == {"role", "content"} for x in raw)
     # a fresh store object (another worker) reads the same history for any provider
-    again = ConversationStore(r, Keyspace(namespace))
+    again = ConversationStore(r, RedisSchema(namespace))
     assert again.history("c") == [U("hi ünïcode ✓"), A("hello"), U("and now?"), A("still here")]
     assert again.metadata("c")["last_provider"] == "anthropic"  # type: ignore[index]
     assert again.get_history("c", limit=1) == [{"role": "assistant", "content": "still here"}]
@@ -228,7 +228,7 @@ def test_stalled_head_turn_is_skipped_after_stall_time(store: ConversationStore)
 def test_turn_with_expired_sequence_is_due(store: ConversationStore, r: redis.Redis, namespace: str) -> None:
     store.next_turn_seq("c")
     store.next_turn_seq("c")
-    r.delete(Keyspace(namespace).conv_turn_seq("c"), Keyspace(namespace).conv_turn_gate("c"))
+    r.delete(RedisSchema(namespace).conv_turn_seq("c"), RedisSchema(namespace).conv_turn_gate("c"))
     assert store.turn_gate("c", 2)
     assert store.next_turn_seq("c") == 1  # a new sequence starts cleanly
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from router_jobs.exporter import exported_metric_names
+from router_jobs.observability.exporter import exported_metric_names
 
 ROOT = Path(__file__).resolve().parent.parent
 #: series Prometheus itself makes for every target

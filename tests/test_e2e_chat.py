@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from router_jobs.client import Router
-from router_jobs.fakeserver import FakeProviderServer
+from fakeproviders import FakeProviderServer
+from router_jobs.client.router import Router
 from router_jobs.models import JobStatus
 from router_jobs.settings import Settings
 from tests.workerpool import WorkerPool, fake_key

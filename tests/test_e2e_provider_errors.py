@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from router_jobs.client import Router
+from fakeproviders import FakeProviderServer
+from router_jobs.client.router import Router
 from router_jobs.errors import JobFailed
-from router_jobs.exporter import MetricsServer
-from router_jobs.fakeserver import FakeProviderServer
+from router_jobs.observability.exporter import MetricsServer
 from router_jobs.settings import Settings
 from tests.workerpool import WorkerPool
 

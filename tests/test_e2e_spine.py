@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from router_jobs.client import Router
+from router_jobs.client.router import Router
 from router_jobs.errors import JobFailed
 from router_jobs.models import JobStatus
 from router_jobs.settings import Settings
@@ -92,7 +92,7 @@ def test_thousand_jobs_two_workers_four_producers(env: dict[str, str], router: R
     # each result stays retrievable, and Redis holds only TTL-bounded records
     some = next(iter(expected))
     assert router.await_result(some, timeout=1).content == expected[some]
-    assert leftover_keys(router.client, router.keyspace.ns) == []
+    assert leftover_keys(router.client, router.schema.ns) == []
 
 
 def test_sigkilled_worker_loses_nothing(env: dict[str, str], router: Router) -> None:
@@ -109,7 +109,7 @@ def test_sigkilled_worker_loses_nothing(env: dict[str, str], router: Router) -> 
             assert res.status == JobStatus.succeeded, (res.error_type, res.error_message)
     assert len(seen) == 300 and set(seen.values()) == {1}
     # the jobs the dead worker held were delivered again and completed once
-    redelivered = [j for j in jobs if int(router.client.hget(router.keyspace.job(j.job_id), "deliveries")) > 1]
+    redelivered = [j for j in jobs if int(router.client.hget(router.schema.job(j.job_id), "deliveries")) > 1]
     assert redelivered
     assert all(router.await_result(j, timeout=1).ok for j in redelivered)
 
@@ -147,6 +147,6 @@ def test_jobs_failing_for_good_end_failed_with_the_reason(env: dict[str, str], r
 
 
 def _dead_letters(router: Router) -> list[dict[str, object]]:
-    from router_jobs.broker import StreamsBroker
+    from router_jobs.broker.streams import StreamsBroker
 
-    return StreamsBroker(router.client, keyspace=router.keyspace).dead_letters("interactive")
+    return StreamsBroker(router.client, schema=router.schema).dead_letters("interactive")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from router_jobs.logs import add_redaction, configure_logging, remove_redaction
+from router_jobs.observability.logs import add_redaction, configure_logging, remove_redaction
 
 SECRET = "sk-test-0123456789abcdef"
 

@@ -17,13 +17,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_jobs import errors
-from router_jobs.broker import StreamsBroker
-from router_jobs.exporter import MetricsServer, exported_metric_names, reap_dead_processes
-from router_jobs.keys import Cost
-from router_jobs.keyspace import Keyspace
-from router_jobs.metrics import MetricsObserver, WorkerMetrics, reason_class, record_submitted
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.broker.streams import StreamsBroker
+from router_jobs.capacity.config import Cost
+from router_jobs.capacity.pool import Grant
 from router_jobs.models import JobResult, JobSpec, JobStatus, Usage
-from router_jobs.pool import Grant
+from router_jobs.observability.exporter import MetricsServer, exported_metric_names, reap_dead_processes
+from router_jobs.observability.metrics import MetricsObserver, WorkerMetrics, reason_class, record_submitted
 from router_jobs.settings import Settings
 
 
@@ -87,8 +87,8 @@ def test_deferral_reasons_are_bounded(reason: str, expected: str) -> None:
 
 
 def test_redis_gauges_queues_dead_letters_and_keys(r: redis.Redis, namespace: str) -> None:
-    ks = Keyspace(namespace)
-    broker = StreamsBroker(r, keyspace=ks)
+    ks = RedisSchema(namespace)
+    broker = StreamsBroker(r, schema=ks)
     import dramatiq
 
     @dramatiq.actor(broker=broker, queue_name="interactive", actor_name=f"noop_{namespace}")
@@ -130,7 +130,7 @@ def test_redis_gauges_queues_dead_letters_and_keys(r: redis.Redis, namespace: st
 
 
 def test_readyz_needs_redis_and_a_recent_worker_heartbeat(r: redis.Redis, namespace: str) -> None:
-    ks = Keyspace(namespace)
+    ks = RedisSchema(namespace)
     settings = Settings(namespace=namespace, visibility_timeout_ms=5000)
     with MetricsServer(settings, client=r, port=0) as server:
         r.hset(ks.consumers(), "old-worker", str(time.time() - 3600))
@@ -157,9 +157,9 @@ def test_redis_down_reports_up_zero_and_not_ready() -> None:
 
 
 CHILD = """
-from router_jobs.metrics import MetricsObserver, WorkerMetrics
+from router_jobs.observability.metrics import MetricsObserver, WorkerMetrics
 from router_jobs.models import Usage
-from router_jobs.pool import Grant
+from router_jobs.capacity.pool import Grant
 m = WorkerMetrics(None)
 g = Grant(key_id="k1", provider="fake", model="m", reservation_id="r", input_tokens=1, output_tokens=1)
 MetricsObserver(m).provider_call(g, 0.1, None, Usage(input_tokens=5, output_tokens=1))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router_jobs.client import Router
+from router_jobs.client.router import Router
 from router_jobs.errors import JobFailed
-from router_jobs.exporter import MetricsServer
+from router_jobs.observability.exporter import MetricsServer
 from router_jobs.settings import Settings
 from tests.workerpool import WorkerPool, fake_key, write_keys
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from fakeproviders import FakeProviderServer, KeyLimit
 from router_jobs.errors import (
     BadRequest,
     ConfigError,
@@ -20,7 +21,6 @@ from router_jobs.errors import (
     RequestTooLarge,
     TransientProviderError,
 )
-from router_jobs.fakeserver import FakeProviderServer, KeyLimit
 from router_jobs.models import ChatMessage
 from router_jobs.providers import ChatRequest, KeyCredentials, get_adapter
 

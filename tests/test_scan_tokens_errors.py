@@ -13,7 +13,7 @@ import pytest
 from router_jobs.errors import ProviderOverloaded, ProviderRateLimited, QuotaExhausted, TransientProviderError
 from router_jobs.models import ChatMessage
 from router_jobs.providers import errors_map as em
-from router_jobs.scan import KNOWN_KIND, main, scan_paths
+from router_jobs.secrets.scan import KNOWN_KIND, main, scan_paths
 from router_jobs.tokens import estimate_text_tokens, estimate_tokens, heuristic_text_tokens
 
 CANARY = "zz-canary-value-9f8e7d6c5b"

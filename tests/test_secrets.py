@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from router_jobs.errors import ConfigError, SecretStoreError
-from router_jobs.redaction import Redactor, install_log_redaction
-from router_jobs.secrets import (
+from router_jobs.secrets.redaction import Redactor, install_log_redaction
+from router_jobs.secrets.stores import (
     AwsSecretStore,
     EnvSecretStore,
     build_secret_store,

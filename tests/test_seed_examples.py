@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from router_jobs import APIKey, compat
+from fakeproviders import FakeProviderServer
+from router_jobs import APIKey
 from router_jobs import get_conversation_store as _get_conversation_store
 from router_jobs import get_key_manager as _get_key_manager
 from router_jobs import get_redis_limiter as _get_redis_limiter
 from router_jobs import get_request_router as _get_request_router
-from router_jobs.fakeserver import FakeProviderServer
+from router_jobs import seed as compat
 from tests.workerpool import WorkerPool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -10,10 +10,10 @@ import time
 import pytest
 import redis
 
+from router_jobs.admission.userlimits import UserLimiter
+from router_jobs.backend.schema import RedisSchema
 from router_jobs.errors import SubmitRateLimited
-from router_jobs.keyspace import Keyspace
 from router_jobs.settings import Settings
-from router_jobs.userlimits import UserLimiter
 
 #: a refill so slow that nothing refills while a test runs (about one token per 700 days)
 FROZEN = 1e-6
@@ -23,13 +23,13 @@ def limiter(r: redis.Redis, namespace: str, **kw: float) -> UserLimiter:
     values = {"user_rpm_default": FROZEN, "user_burst_default": 20, "global_rpm_max": FROZEN,
               "global_burst_max": 1_000_000}
     values.update(kw)
-    return UserLimiter(r, Keyspace(namespace), Settings(**values))
+    return UserLimiter(r, RedisSchema(namespace), Settings(**values))
 
 
 def hammer_in_child(url: str, namespace: str, settings: dict[str, float], user: str) -> list[tuple[int, float]]:
     """Run in a second process: wait for the go signal, then take until the deadline."""
     client = redis.Redis.from_url(url)
-    lim = UserLimiter(client, Keyspace(namespace), Settings(**settings))
+    lim = UserLimiter(client, RedisSchema(namespace), Settings(**settings))
     client.set(f"{namespace}:test:ready", 1)
     while (raw := client.get(f"{namespace}:test:go")) is None:
         time.sleep(0.005)
@@ -56,7 +56,7 @@ def run_producers(
         sec, usec = r.time()
         deadline = sec + usec / 1e6 + seconds
         r.set(f"{namespace}:test:go", repr(deadline))
-        lim = UserLimiter(r, Keyspace(namespace), Settings(**settings))
+        lim = UserLimiter(r, RedisSchema(namespace), Settings(**settings))
         results: list[tuple[int, float]] = []
         lock = threading.Lock()
 
@@ -165,7 +165,7 @@ def test_retry_after_and_typed_error(r: redis.Redis, namespace: str) -> None:
 def test_buckets_expire_once_full_again(r: redis.Redis, namespace: str) -> None:
     lim = limiter(r, namespace, user_rpm_default=60, user_burst_default=2)
     lim.acquire("alice")
-    ttl = r.pttl(Keyspace(namespace).limits_user("alice"))
+    ttl = r.pttl(RedisSchema(namespace).limits_user("alice"))
     assert 0 < ttl <= 3000  # refilled to the burst in 2 s; the key then carries no information
     lim.reset("alice")
     assert lim.peek("alice")["user"]["tokens"] == 2.0

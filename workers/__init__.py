@@ -4,7 +4,7 @@ Importing this package configures Dramatiq's broker from the environment (the wa
 ``dramatiq`` expects a worker module to) and declares the actors.
 """
 
-from . import actors  # noqa: E402,F401  (declares the actors on the broker)
-from .setup import broker
+from router_jobs.worker import actors  # noqa: E402,F401  (declares the actors on the broker)
+from router_jobs.worker.setup import broker
 
 __all__ = ["broker", "actors"]

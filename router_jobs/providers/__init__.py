@@ -10,8 +10,14 @@ from __future__ import annotations
 import importlib
 import threading
 
-from ..errors import ConfigError
-from .base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter, RateLimitInfo
+from router_jobs.errors import ConfigError
+from router_jobs.providers.base import (
+    ChatRequest,
+    ChatResponse,
+    KeyCredentials,
+    ProviderAdapter,
+    RateLimitInfo,
+)
 
 __all__ = [
     "ChatRequest", "ChatResponse", "KeyCredentials", "ProviderAdapter", "RateLimitInfo",

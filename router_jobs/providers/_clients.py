@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ..secrets import secret_fingerprint
-from .base import KeyCredentials
+from router_jobs.providers.base import KeyCredentials
+from router_jobs.secrets.stores import secret_fingerprint
 
 C = TypeVar("C")
 

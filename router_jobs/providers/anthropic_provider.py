@@ -15,11 +15,11 @@ from typing import Any
 
 import anthropic
 
-from ..errors import ContentBlocked, ProviderError
-from ..models import Usage
-from . import errors_map as em
-from ._clients import ClientCache
-from .base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs.errors import ContentBlocked, ProviderError
+from router_jobs.models import Usage
+from router_jobs.providers import errors_map as em
+from router_jobs.providers._clients import ClientCache
+from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
 
 
 def _build_client(creds: KeyCredentials) -> anthropic.Anthropic:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..models import ChatMessage, Usage
+from router_jobs.models import ChatMessage, Usage
 
 
 @dataclass(frozen=True)

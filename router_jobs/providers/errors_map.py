@@ -20,7 +20,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..errors import (
+from router_jobs.errors import (
     BadRequest,
     ContentBlocked,
     KeyInvalid,
@@ -31,7 +31,7 @@ from ..errors import (
     RequestTooLarge,
     TransientProviderError,
 )
-from .base import RateLimitInfo
+from router_jobs.providers.base import RateLimitInfo
 
 REDACTED = "[REDACTED]"
 _MAX_MESSAGE = 500

@@ -16,9 +16,9 @@ import os
 import re
 import time
 
-from .. import errors
-from ..models import Usage
-from .base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs import errors
+from router_jobs.models import Usage
+from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
 
 _DIRECTIVE = re.compile(r"\[\[(sleep|fail|crash)(?::([^\]]+))?\]\]")
 

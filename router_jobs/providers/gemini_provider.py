@@ -19,11 +19,11 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from ..errors import ContentBlocked, ProviderError
-from ..models import Usage
-from . import errors_map as em
-from ._clients import ClientCache
-from .base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs.errors import ContentBlocked, ProviderError
+from router_jobs.models import Usage
+from router_jobs.providers import errors_map as em
+from router_jobs.providers._clients import ClientCache
+from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
 
 # The SDK runs on httpx or on httpx2, whichever the installation resolved: catch both.
 _TIMEOUTS: tuple[type[BaseException], ...] = ()

@@ -1,0 +1,375 @@
+"""The fake provider server: one protocol per server, stdlib HTTP, in a background thread."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from fakeproviders import wire
+from fakeproviders.wire import Reply, Scenario
+from router_jobs.tokens import estimate_text_tokens
+
+PROVIDERS = ("openai", "anthropic", "gemini")
+
+
+@dataclass(frozen=True)
+class KeyLimit:
+    """A rolling-window limit of one key: ``requests`` and/or ``tokens`` per ``window`` s."""
+
+    requests: int | None = None
+    tokens: int | None = None
+    window: float = 60.0
+
+
+@dataclass(frozen=True)
+class Record:
+    """One request the server received. ``key`` is the key's name ("?" when unknown)."""
+
+    time: float
+    key: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    status: int
+    scenario: str
+    prompt: str
+    text: str = ""  # every message's text as received (system prompt and history included)
+
+
+class FakeProviderServer:
+    """A local server speaking one provider's real wire protocol, for tests and demos.
+
+    ``keys`` maps a key name to its secret (or is an iterable of secrets, named by
+    themselves). ``limits`` maps a key name (or ``"*"``) to a :class:`KeyLimit` or a dict
+    like ``{"rpm": 3, "tpm": 1000}`` / ``{"requests": 3, "window": 1}``. ``latency`` delays
+    every answer. ``script(key, [...])`` queues scenarios (see :mod:`.wire`) for a key's next
+    requests; a request header ``x-fake-scenario`` forces one too.
+
+    ``start()`` returns the base URL to give the SDK: ``http://127.0.0.1:PORT/v1`` for
+    OpenAI, ``http://127.0.0.1:PORT`` for Anthropic and Gemini.
+    """
+
+    def __init__(
+        self,
+        provider: str = "openai",
+        keys: Mapping[str, str] | Iterable[str] = (),
+        limits: Mapping[str, KeyLimit | Mapping[str, float]] | None = None,
+        *,
+        latency: float = 0.0,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {PROVIDERS}")
+        self.provider = provider
+        self._by_secret: dict[str, str] = (
+            {v: k for k, v in keys.items()} if isinstance(keys, Mapping) else {s: s for s in keys}
+        )
+        self._limits = {name: _as_limit(v) for name, v in (limits or {}).items()}
+        self.latency = latency
+        self.cached_tokens = cached_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self._host, self._port = host, port
+        self._lock = threading.Lock()
+        self._records: list[Record] = []
+        self._admitted: dict[str, deque[tuple[float, int]]] = {}
+        self._scripts: dict[str, deque[str]] = {}
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        """The server's root URL (``http://host:port``)."""
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        return f"http://{self._host}:{self._httpd.server_address[1]}"
+
+    @property
+    def base_url(self) -> str:
+        """What to pass as the SDK's ``base_url``."""
+        return self.url + ("/v1" if self.provider == "openai" else "")
+
+    def start(self) -> str:
+        """Start serving in a daemon thread; returns :attr:`base_url`."""
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._httpd = _Server((self._host, self._port), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name=f"fake-{self.provider}", daemon=True)
+        self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving; slow answers in flight are cut short."""
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeProviderServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ test controls
+
+    def add_key(self, name: str, secret: str) -> None:
+        """Accept another key (e.g. a rotated secret)."""
+        with self._lock:
+            self._by_secret[secret] = name
+
+    def remove_key(self, secret: str) -> None:
+        """Stop accepting a secret (it now answers ``invalid_key``)."""
+        with self._lock:
+            self._by_secret.pop(secret, None)
+
+    def script(self, key: str, scenarios: Iterable[str]) -> None:
+        """Queue scenarios for the next requests of key name ``key`` (``"*"``: any key)."""
+        with self._lock:
+            self._scripts.setdefault(key, deque()).extend(scenarios)
+
+    def received(self, key: str | None = None) -> list[Record]:
+        """Every request received so far (of one key name if given), oldest first."""
+        with self._lock:
+            return [r for r in self._records if key is None or r.key == key]
+
+    def max_in_window(self, key: str, seconds: float, unit: str = "requests", status: int | None = 200) -> int:
+        """The most requests (or ``unit="tokens"``) of ``key`` in any window of ``seconds``.
+
+        Counts only answers with ``status`` (200 by default: what was admitted); ``None``
+        counts every request received.
+        """
+        recs = [r for r in self.received(key) if status is None or r.status == status]
+        best = 0
+        for i, first in enumerate(recs):
+            total = 0
+            for r in recs[i:]:
+                if r.time - first.time >= seconds:
+                    break
+                total += 1 if unit == "requests" else r.input_tokens + r.output_tokens
+            best = max(best, total)
+        return best
+
+    # ------------------------------------------------------------ request handling
+
+    def _next_scenario(self, key: str, forced: str | None) -> Scenario:
+        if forced:
+            return Scenario.parse(forced)
+        with self._lock:
+            for name in (key, "*"):
+                queue = self._scripts.get(name)
+                if queue:
+                    return Scenario.parse(queue.popleft())
+        return Scenario("ok")
+
+    def _admit(self, key: str, tokens: int) -> tuple[str | None, float]:
+        """Check and charge the key's rolling window; (limit kind hit or None, wait s)."""
+        limit = self._limits.get(key) or self._limits.get("*") or KeyLimit()
+        now = time.monotonic()
+        with self._lock:
+            log = self._admitted.setdefault(key, deque())
+            while log and log[0][0] <= now - limit.window:
+                log.popleft()
+            wait = (log[0][0] + limit.window - now) if log else 0.0
+            if limit.requests is not None and len(log) >= limit.requests:
+                return "rate_limit_requests", max(wait, 0.001)
+            if limit.tokens is not None and sum(t for _, t in log) + tokens > limit.tokens:
+                return "rate_limit_tokens", max(wait, 0.001)
+            log.append((now, tokens))
+        return None, 0.0
+
+    def _rate_headers(self, key: str) -> dict[str, str]:
+        limit = self._limits.get(key) or self._limits.get("*") or KeyLimit(10_000, 10_000_000, 60.0)
+        with self._lock:
+            log = list(self._admitted.get(key, ()))
+        now = time.monotonic()
+        used_r, used_t = len(log), sum(t for _, t in log)
+        reset = max(0.001, (log[0][0] + limit.window - now) if log else limit.window)
+        rem_r = max(0, (limit.requests or 10_000) - used_r)
+        rem_t = max(0, (limit.tokens or 10_000_000) - used_t)
+        if self.provider == "openai":
+            return {
+                "x-ratelimit-limit-requests": str(limit.requests or 10_000),
+                "x-ratelimit-remaining-requests": str(rem_r),
+                "x-ratelimit-reset-requests": wire.go_duration(reset),
+                "x-ratelimit-limit-tokens": str(limit.tokens or 10_000_000),
+                "x-ratelimit-remaining-tokens": str(rem_t),
+                "x-ratelimit-reset-tokens": wire.go_duration(reset),
+            }
+        if self.provider == "anthropic":
+            at = wire.rfc3339(time.time() + reset)
+            return {
+                "anthropic-ratelimit-requests-limit": str(limit.requests or 10_000),
+                "anthropic-ratelimit-requests-remaining": str(rem_r),
+                "anthropic-ratelimit-requests-reset": at,
+                "anthropic-ratelimit-tokens-limit": str(limit.tokens or 10_000_000),
+                "anthropic-ratelimit-tokens-remaining": str(rem_t),
+                "anthropic-ratelimit-tokens-reset": at,
+            }
+        return {}
+
+    def handle(self, path: str, headers: Mapping[str, str], body: dict[str, Any]) -> Reply:
+        """Answer one request (called by the HTTP handler; usable directly in unit tests)."""
+        parsed = urlsplit(path)
+        req = _parse_request(self.provider, parsed.path, parse_qs(parsed.query), headers, body)
+        if isinstance(req, Reply):
+            return req
+        secret, model, prompt_text, all_text = req
+        with self._lock:
+            key = self._by_secret.get(secret, "?") if secret else "?"
+        in_tokens = estimate_text_tokens(all_text) + 3
+        scenario = self._next_scenario(key, headers.get("x-fake-scenario"))
+        if key == "?":
+            scenario = Scenario("invalid_key")
+        wait = scenario.num("wait", 1.5)
+        if scenario.name == "ok":
+            hit, limit_wait = self._admit(key, in_tokens)
+            if hit is not None:
+                scenario, wait = Scenario(hit), limit_wait
+        delay = self.latency + (scenario.num("seconds", 2.0) if scenario.name == "slow" else 0.0)
+        if delay > 0:
+            self._stopping.wait(delay)
+        reply = self._reply(scenario, key, secret, model, prompt_text, in_tokens, wait)
+        out = 0
+        if reply.status == 200:
+            out = _output_tokens(self.provider, reply.body)
+        rec = Record(time.monotonic(), key, model, in_tokens, out, reply.status, scenario.name, prompt_text, all_text)
+        with self._lock:
+            self._records.append(rec)
+        return reply
+
+    def _reply(self, sc: Scenario, key: str, secret: str, model: str, prompt: str, in_tokens: int, wait: float) -> Reply:
+        if sc.name not in ("ok", "slow", "blocked", "blocked_answer"):
+            return wire.ERRORS[self.provider](sc, secret, model, wait)
+        text = f"echo: {prompt}"
+        usage = {"input": in_tokens, "output": estimate_text_tokens(text) + self.reasoning_tokens,
+                 "cached": min(self.cached_tokens, in_tokens), "reasoning": self.reasoning_tokens}
+        headers = self._rate_headers(key)
+        blocked = sc.name in ("blocked", "blocked_answer")
+        if self.provider == "openai":
+            body = wire.openai_success(model, "" if blocked else text, usage, "content_filter" if blocked else "stop")
+        elif self.provider == "anthropic":
+            body = wire.anthropic_success(model, "" if blocked else text, usage, "refusal" if blocked else "end_turn")
+        elif sc.name == "blocked":
+            body = wire.gemini_success(model, "", usage, block_reason="SAFETY")
+        else:
+            body = wire.gemini_success(model, "" if blocked else text, usage, "SAFETY" if blocked else "STOP")
+        return Reply(200, body, headers)
+
+
+def _as_limit(v: KeyLimit | Mapping[str, float]) -> KeyLimit:
+    if isinstance(v, KeyLimit):
+        return v
+    req = v.get("requests", v.get("rpm"))
+    tok = v.get("tokens", v.get("tpm"))
+    return KeyLimit(None if req is None else int(req), None if tok is None else int(tok), float(v.get("window", 60.0)))
+
+
+def _output_tokens(provider: str, body: dict[str, Any]) -> int:
+    u = body.get("usage") or {}
+    if provider == "openai":
+        return int(u.get("completion_tokens", 0))
+    if provider == "anthropic":
+        return int(u.get("output_tokens", 0))
+    meta = body.get("usageMetadata") or {}
+    return int(meta.get("candidatesTokenCount", 0)) + int(meta.get("thoughtsTokenCount", 0))
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _bearer(headers: Mapping[str, str]) -> str:
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+
+
+def _parse_request(
+    provider: str, path: str, query: dict[str, list[str]], headers: Mapping[str, str], body: dict[str, Any]
+) -> Reply | tuple[str, str, str, str]:
+    """(secret, model, last user text, all text) of a request, or an error reply."""
+    if provider == "openai":
+        if path.rstrip("/") != "/v1/chat/completions":
+            return Reply(404, {"error": {"message": f"Unknown path {path}", "type": "invalid_request_error", "code": None}})
+        msgs = body.get("messages") or []
+        users = [_text_of(m.get("content")) for m in msgs if m.get("role") == "user"]
+        return _bearer(headers), str(body.get("model", "")), users[-1] if users else "", " ".join(_text_of(m.get("content")) for m in msgs)
+    if provider == "anthropic":
+        if path.rstrip("/") != "/v1/messages":
+            return Reply(404, {"type": "error", "error": {"type": "not_found_error", "message": "Not found"}})
+        if not headers.get("anthropic-version"):
+            return Reply(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                          "message": "anthropic-version: header is required"}})
+        msgs = body.get("messages") or []
+        users = [_text_of(m.get("content")) for m in msgs if m.get("role") == "user"]
+        system = _text_of(body.get("system") or "")
+        all_text = " ".join([system] + [_text_of(m.get("content")) for m in msgs])
+        # the API takes x-api-key; recent SDKs send the key as a bearer token instead
+        return headers.get("x-api-key") or _bearer(headers), str(body.get("model", "")), users[-1] if users else "", all_text
+    prefix = "/v1beta/models/"
+    if not (path.startswith(prefix) and path.endswith(":generateContent")):
+        return Reply(404, {"error": {"code": 404, "message": f"Unknown path {path}", "status": "NOT_FOUND"}})
+    model = path[len(prefix):-len(":generateContent")]
+    secret = headers.get("x-goog-api-key") or (query.get("key") or [""])[0]
+    contents = body.get("contents") or []
+    users = [_text_of(c.get("parts")) for c in contents if c.get("role", "user") == "user"]
+    sys_parts = (body.get("systemInstruction") or body.get("system_instruction") or {}).get("parts")
+    all_text = " ".join([_text_of(sys_parts)] + [_text_of(c.get("parts")) for c in contents])
+    return secret, model, users[-1] if users else "", all_text
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out and hung up is expected here; stay quiet about it."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeProviderServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Silent: tests and the demo read :meth:`FakeProviderServer.received` instead."""
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self._send(Reply(400, {"error": {"message": "body is not a JSON object", "code": 400}}))
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self._send(self.fake.handle(self.path, headers, body))
+
+    def _send(self, reply: Reply) -> None:
+        data = json.dumps(reply.body).encode()
+        self.send_response(reply.status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)

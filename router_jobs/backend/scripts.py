@@ -1,0 +1,64 @@
+"""Lua scripts: each concern keeps its scripts in its own ``lua/`` folder (package data).
+
+A concern declares the scripts it runs by name on a :class:`ScriptSet` subclass::
+
+    class CapacityScripts(ScriptSet):
+        reserve = lua("reserve")      # router_jobs/capacity/lua/reserve.lua
+        settle = lua("settle")
+
+The script is read once per process and registered once per client. redis-py's ``Script``
+sends EVALSHA and falls back to loading the script on NOSCRIPT, so a SCRIPT FLUSH or a Redis
+restart between calls is survived without any help from callers.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any, overload
+
+from redis.commands.core import AsyncScript, Script
+
+
+@cache
+def script_source(package: str, name: str) -> str:
+    """The text of ``<package>/lua/<name>.lua``."""
+    return resources.files(package).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+class lua:  # noqa: N801  (reads as a declaration: ``reserve = lua("reserve")``)
+    """A named script of the package that declares it; registered on the set's client on first use."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.package = ""
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.package = owner.__module__.rpartition(".")[0]
+        self.attr = attr
+
+    @property
+    def source(self) -> str:
+        """The script's text."""
+        return script_source(self.package, self.name)
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> lua: ...
+    @overload
+    def __get__(self, obj: ScriptSet, owner: type) -> Any: ...
+    def __get__(self, obj: ScriptSet | None, owner: type) -> Any:
+        if obj is None:
+            return self
+        script = obj._registered.get(self.name)
+        if script is None:
+            script = obj.client.register_script(self.source)
+            obj._registered[self.name] = script
+        return script
+
+
+class ScriptSet:
+    """The scripts of one concern, registered on one client (sync or asyncio)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._registered: dict[str, Script | AsyncScript] = {}

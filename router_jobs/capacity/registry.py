@@ -1,0 +1,222 @@
+"""The key registry of a pool, kept in Redis so that every worker sees operator changes.
+
+Redis holds, per pool (all under the pool's hash tag, see :mod:`router_jobs.capacity.redis_pool`):
+
+- ``reg``/``greg``: each :class:`~router_jobs.capacity.config.KeyConfig` / quota group as JSON (no
+  secrets exist in a keys file, so none reach Redis);
+- ``spec``/``gspec``: the same limits compiled to the compact form the Lua scripts read
+  (:func:`compile_limits`);
+- ``free:<model>``: per model, the keys that serve it scored by the earliest time each may
+  have room (reserve.lua keeps it true); ``cost:<model>``: the same keys by list price;
+- ``models``: every model with such an index; ``ver``: bumped on every change.
+
+:class:`RegistryCache` is the in-process copy a worker uses to fill in a grant (provider,
+base URL, timeout) and to name the model indexes of a key; it re-reads Redis only when
+``ver`` changed, and checks ``ver`` at most once per ``refresh_interval``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.capacity.config import KeyConfig, KeysFile, Limits, QuotaGroup, parse_keys
+from router_jobs.errors import ConfigError
+
+_UNITS = ("requests", "tokens", "input_tokens", "output_tokens")
+
+
+def compile_limits(limits: Limits) -> list[list[int]]:
+    """Limits as ``[[window_ms, requests, tokens, input, output], ...]`` (0 = no limit).
+
+    Windows of equal length share one log; when two limits name the same unit and length,
+    the smaller wins.
+    """
+    by_ms: dict[int, list[int]] = {}
+    for w in limits.all_windows():
+        ms = int(round(w.seconds * 1000))
+        row = by_ms.setdefault(ms, [ms, 0, 0, 0, 0])
+        i = 1 + _UNITS.index(w.unit)
+        row[i] = w.limit if row[i] == 0 else min(row[i], w.limit)
+    return [by_ms[ms] for ms in sorted(by_ms)]
+
+
+def key_spec(cfg: KeyConfig) -> dict[str, Any]:
+    """The compact JSON object reserve.lua reads for one key."""
+    return {
+        "g": cfg.quota_group or "",
+        "a": 1 if cfg.active else 0,
+        "c": cfg.max_concurrency or 0,
+        "to": int(cfg.timeout * 1000),
+        "ci": cfg.cost.input,
+        "co": cfg.cost.output,
+        "wt": cfg.weight,
+        "L": compile_limits(cfg),
+    }
+
+
+def group_spec(group: QuotaGroup) -> dict[str, Any]:
+    """The compact JSON object reserve.lua reads for one quota group."""
+    return {"c": group.max_concurrency or 0, "L": compile_limits(group)}
+
+
+def _dump(model: Any) -> str:
+    return json.dumps(model.model_dump(mode="json"), separators=(",", ":"), sort_keys=True)
+
+
+class RegistryStore:
+    """Reads and writes one pool's key registry in Redis."""
+
+    def __init__(self, client: redis.Redis, schema: RedisSchema, pool: str) -> None:
+        self.client = client
+        self.ks = schema
+        self.pool = pool
+
+    # -- reading
+    def version(self) -> int:
+        return int(self.client.get(self.ks.pool_version(self.pool)) or 0)
+
+    def read(self) -> tuple[int, dict[str, KeyConfig], dict[str, QuotaGroup]]:
+        """(version, keys by id, groups by name) as stored now."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.ks.pool_version(self.pool))
+        pipe.hgetall(self.ks.pool_registry(self.pool))
+        pipe.hgetall(self.ks.pool_groups(self.pool))
+        ver, raw_keys, raw_groups = pipe.execute()
+        keys = {k.decode(): KeyConfig.model_validate_json(v) for k, v in raw_keys.items()}
+        groups = {k.decode(): QuotaGroup.model_validate_json(v) for k, v in raw_groups.items()}
+        return int(ver or 0), keys, groups
+
+    # -- writing
+    def replace(self, keys_file: KeysFile) -> None:
+        """Make the stored registry exactly ``keys_file`` (key states and usage logs stay)."""
+        ks, pool = self.ks, self.pool
+        _, old_keys, old_groups = self.read()
+        old_models = {m.decode() if isinstance(m, bytes) else str(m) for m in self.client.smembers(ks.pool_models(pool))}
+        new_models = keys_file.models() | {m for k in keys_file.keys for m in k.served_models()}
+        pipe = self.client.pipeline(transaction=True)
+        for gone in set(old_keys) - {k.key_id for k in keys_file.keys}:
+            pipe.hdel(ks.pool_registry(pool), gone)
+            pipe.hdel(ks.pool_spec(pool), gone)
+        for gone in set(old_groups) - {g.name for g in keys_file.quota_groups}:
+            pipe.hdel(ks.pool_groups(pool), gone)
+            pipe.hdel(ks.pool_group_spec(pool), gone)
+        for group in keys_file.quota_groups:
+            self._write_group(pipe, group)
+        for cfg in keys_file.keys:
+            self._write_key(pipe, cfg)
+        for model in old_models | new_models:
+            members = {k.key_id for k in keys_file.keys if model in k.served_models()}
+            stale = {k for k, cfg in old_keys.items() if model in cfg.served_models()} - members
+            if stale:
+                pipe.zrem(ks.pool_free(pool, model), *stale)
+                pipe.zrem(ks.pool_cost(pool, model), *stale)
+        pipe.delete(ks.pool_models(pool))
+        if new_models:
+            pipe.sadd(ks.pool_models(pool), *new_models)
+        pipe.incr(ks.pool_version(pool))
+        pipe.execute()
+
+    def add(self, cfg: KeyConfig, *, groups: Iterable[str]) -> None:
+        """Add or replace one key. Its ``quota_group`` must already be defined."""
+        if cfg.quota_group is not None and cfg.quota_group not in set(groups):
+            raise ConfigError(
+                f"key {cfg.key_id!r} field quota_group: {cfg.quota_group!r} is not defined",
+                key_id=cfg.key_id,
+                field="quota_group",
+            )
+        ks, pool = self.ks, self.pool
+        _, old_keys, _ = self.read()
+        pipe = self.client.pipeline(transaction=True)
+        old = old_keys.get(cfg.key_id)
+        if old is not None:
+            for model in set(old.served_models()) - set(cfg.served_models()):
+                pipe.zrem(ks.pool_free(pool, model), cfg.key_id)
+                pipe.zrem(ks.pool_cost(pool, model), cfg.key_id)
+        self._write_key(pipe, cfg)
+        pipe.sadd(ks.pool_models(pool), *cfg.served_models())
+        pipe.incr(ks.pool_version(pool))
+        pipe.execute()
+
+    def remove(self, key_id: str) -> bool:
+        """Take a key out of the registry. Returns False when it was not there."""
+        ks, pool = self.ks, self.pool
+        _, old_keys, _ = self.read()
+        old = old_keys.get(key_id)
+        if old is None:
+            return False
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(ks.pool_registry(pool), key_id)
+        pipe.hdel(ks.pool_spec(pool), key_id)
+        for model in old.served_models():
+            pipe.zrem(ks.pool_free(pool, model), key_id)
+            pipe.zrem(ks.pool_cost(pool, model), key_id)
+        pipe.incr(ks.pool_version(pool))
+        pipe.execute()
+        return True
+
+    def _write_group(self, pipe: Any, group: QuotaGroup) -> None:
+        pipe.hset(self.ks.pool_groups(self.pool), group.name, _dump(group))
+        pipe.hset(self.ks.pool_group_spec(self.pool), group.name, json.dumps(group_spec(group)))
+
+    def _write_key(self, pipe: Any, cfg: KeyConfig) -> None:
+        ks, pool = self.ks, self.pool
+        pipe.hset(ks.pool_registry(pool), cfg.key_id, _dump(cfg))
+        pipe.hset(ks.pool_spec(pool), cfg.key_id, json.dumps(key_spec(cfg)))
+        price = cfg.cost.input + cfg.cost.output
+        for model in cfg.served_models():
+            # a new key starts free (score 0); a known one keeps its score
+            pipe.zadd(ks.pool_free(pool, model), {cfg.key_id: 0}, nx=True)
+            pipe.zadd(ks.pool_cost(pool, model), {cfg.key_id: price})
+
+
+class RegistryCache:
+    """A worker's copy of the registry, refreshed when the stored version changes."""
+
+    def __init__(self, store: RegistryStore, refresh_interval: float = 1.0) -> None:
+        self.store = store
+        self.refresh_interval = refresh_interval
+        self._lock = threading.Lock()
+        self._version = -1
+        self._checked = 0.0
+        self.keys: dict[str, KeyConfig] = {}
+        self.groups: dict[str, QuotaGroup] = {}
+
+    def current(self, *, force: bool = False) -> RegistryCache:
+        """Refresh when due (or forced) and return self."""
+        mono = time.monotonic()
+        if not force and mono - self._checked < self.refresh_interval:
+            return self
+        with self._lock:
+            self._checked = mono
+            if self.store.version() != self._version or force:
+                self._version, self.keys, self.groups = self.store.read()
+        return self
+
+    def key(self, key_id: str) -> KeyConfig | None:
+        """The config of ``key_id``; re-reads Redis once when it is not known."""
+        cfg = self.current().keys.get(key_id)
+        if cfg is None:
+            cfg = self.current(force=True).keys.get(key_id)
+        return cfg
+
+    def models_of(self, key_id: str) -> list[str]:
+        cfg = self.key(key_id)
+        return cfg.served_models() if cfg else []
+
+    def keys_file(self) -> KeysFile:
+        """The stored registry as a :class:`KeysFile`."""
+        cur = self.current(force=True)
+        return parse_keys(
+            {
+                "keys": [k.model_dump(mode="json") for k in cur.keys.values()],
+                "quota_groups": [g.model_dump(mode="json") for g in cur.groups.values()],
+            },
+            source="stored registry",
+        )

@@ -1,0 +1,40 @@
+"""The actors: one per queue, same work, different priority (interactive first)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from router_jobs.worker.context import executor
+from router_jobs.worker.setup import broker
+
+#: Dramatiq runs lower numbers first when several messages wait for a free thread.
+INTERACTIVE_PRIORITY = 0
+BATCH_PRIORITY = 100
+#: A job's own retries are decided by the executor; Dramatiq only retries unexpected crashes.
+ACTOR_OPTIONS: dict[str, Any] = {"max_retries": 3, "time_limit": 15 * 60 * 1000}
+
+
+def _run(job_id: str, queue: str) -> None:
+    message = CurrentMessage.get_current_message()
+    assert message is not None, "an actor runs inside a worker, with its message"
+
+    def defer(delay_ms: int) -> None:
+        broker.defer(message, delay_ms)  # type: ignore[arg-type]  # a MessageProxy at run time
+
+    executor().run(job_id, queue, defer)
+
+
+@dramatiq.actor(actor_name="run_interactive_job", queue_name="interactive",
+                priority=INTERACTIVE_PRIORITY, **ACTOR_OPTIONS)
+def run_interactive_job(job_id: str) -> None:
+    """Run one delivery of an interactive job."""
+    _run(job_id, "interactive")
+
+
+@dramatiq.actor(actor_name="run_batch_job", queue_name="batch", priority=BATCH_PRIORITY, **ACTOR_OPTIONS)
+def run_batch_job(job_id: str) -> None:
+    """Run one delivery of a batch job."""
+    _run(job_id, "batch")
