@@ -21,6 +21,17 @@ from router_jobs.settings import Settings
 class RouterGroup(click.Group):
     """The root group: library errors become one clear line and a documented exit code."""
 
+    def main(self, args: Any = None, *a: Any, **kw: Any) -> Any:
+        """Refuse arguments that are not valid UTF-8 up front (one line, exit 2), before any
+        of them reaches Redis, a file name or a job."""
+        argv = list(sys.argv[1:] if args is None else args)
+        for n, arg in enumerate(argv, 1):
+            if isinstance(arg, str) and not _is_utf8(arg):
+                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                click.echo(f"error: argument {n} ({shown!r}) is not valid UTF-8", err=True)
+                sys.exit(USAGE)
+        return super().main(argv, *a, **kw)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -33,6 +44,14 @@ class RouterGroup(click.Group):
         except redis.RedisError as exc:
             click.echo(f"error: redis: {type(exc).__name__}: {exc}", err=True)
             ctx.exit(FAILED)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates
+        return False
+    return True
 
 
 @click.group(cls=RouterGroup)

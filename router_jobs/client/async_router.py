@@ -44,8 +44,9 @@ class AsyncRouter:
     async def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
                      **fields: Any) -> JobHandle:
         """Validate (as ``Router.submit`` does) and enqueue; see ``Router.submit``."""
-        from router_jobs.client.router import validate_spec
+        from router_jobs.client.router import check_delay, validate_spec
 
+        delay = check_delay(delay, self.sync.settings)
         spec = validate_spec({"prompt": prompt, "model": model, **fields}, self.sync.settings,
                              self.sync.served_models())
         if spec.user_id is not None or spec.conversation_id is not None:

@@ -9,6 +9,7 @@ thousands of jobs over one connection.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -39,6 +40,20 @@ _SUBSCRIBE_CHUNK = 500
 def job_id_of(job: JobRef) -> str:
     """The job id of a handle or of an id string."""
     return job.job_id if isinstance(job, JobHandle) else str(job)
+
+
+def check_delay(delay: Any, settings: Settings) -> float:
+    """``delay`` as seconds, or :class:`JobValidationError`: it must be a finite number from 0 up
+    to the job record's lifetime (a job held back longer would expire before it could run)."""
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise JobValidationError("delay", f"must be a number of seconds, not {type(delay).__name__}")
+    if not math.isfinite(delay) or delay < 0:
+        raise JobValidationError("delay", "must be a finite number of seconds, at least 0")
+    if delay > settings.job_ttl_seconds:
+        raise JobValidationError(
+            "delay", f"is over the job record lifetime of {settings.job_ttl_seconds}s (ROUTER_JOB_TTL_SECONDS)"
+        )
+    return float(delay)
 
 
 def validate_spec(fields: dict[str, Any], settings: Settings, served: set[str] | None) -> JobSpec:
@@ -140,6 +155,7 @@ class Router(SeedCompat):
         if on_rate_limit not in ("raise", "delay"):
             raise JobValidationError("on_rate_limit", "must be 'raise' or 'delay'")
         try:
+            delay = check_delay(delay, self.settings)
             spec = validate_spec({"prompt": prompt, "model": model, **fields}, self.settings, self.served_models())
         except JobValidationError:
             record_submitted(str(fields.get("priority", "interactive")), "refused", "rejected")
@@ -162,6 +178,7 @@ class Router(SeedCompat):
 
         A conversation turn draws its turn number here: turns run in submission order.
         """
+        delay = check_delay(delay, self.settings)
         if spec.conversation_id is not None and spec.turn_seq is None:
             if not self.conversations.exists(spec.conversation_id):
                 self.conversations.create(spec.conversation_id, system_prompt=spec.system_prompt)
