@@ -12,9 +12,11 @@ from typing import Any
 import click
 import redis
 
-from cli.common import FAILED, USAGE
+from cli.common import FAILED, USAGE, router
 from router_jobs.backend.connection import resolve_redis_url
 from router_jobs.errors import ConfigError, JobValidationError, RouterJobsError
+from router_jobs.observability.gauges import live_consumers
+from router_jobs.ops.reads import stale_after
 from router_jobs.settings import Settings
 
 
@@ -79,14 +81,26 @@ def cli() -> None:
 @click.option("--queues", "-Q", multiple=True, help="queues to consume (default: all)")
 @click.option("--restart/--no-restart", default=True, show_default=True,
               help="start the pool again when a worker process dies")
-def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool) -> None:
+@click.option("--apply-keys", is_flag=True,
+              help="replace the key registry with the keys file (ROUTER_KEYS_FILE) before starting")
+def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool, apply_keys: bool) -> None:
     """Start a pool of worker processes (runs `dramatiq workers`).
+
+    The key registry in Redis is the pool's truth: an empty one is seeded from the keys file;
+    a file that differs from a registry in use (some worker alive) is reported with the
+    differing key ids, not applied, unless --apply-keys is given. With no worker alive, a
+    keys file edited since it was last applied is applied (and the line says so).
 
     Each worker process warms up before it takes work: it loads the SDK of every configured
     provider and builds every key's client, so a first call costs what any call costs."""
     settings = Settings.from_env()
     env = dict(os.environ)
     env["REDIS_URL"] = resolve_redis_url(settings)  # workers find the same (embedded) server
+    r = router()
+    idle = live_consumers(r.client, r.schema, stale_after(settings)) == 0
+    check = r.pool.check_file(settings.keys_file, apply=apply_keys, pool_idle=idle)
+    if check.outcome != "same":
+        click.echo(f"routerctl: {check.message()}", err=True)
     argv = [sys.executable, "-m", "dramatiq", "workers", "--processes", str(processes),
             "--threads", str(threads)]
     if queues:

@@ -39,6 +39,7 @@ from cli.demo.plan import (
 from fakeproviders import ProcessFakeServer
 from router_jobs.backend.connection import EmbeddedRedis
 from router_jobs.batch.runner import BatchProgress, BatchRunner
+from router_jobs.capacity.config import load_keys
 from router_jobs.client.router import Router
 from router_jobs.errors import BrokerError
 from router_jobs.observability.gauges import live_consumers
@@ -168,7 +169,8 @@ class Demo:
             base_urls = {p: s.base_url for p, s in self.servers.items()}
             keys_file.write_text(json.dumps(self.plan.keys_document(base_urls), indent=2))
             url = self.redis.ensure_running()
-            self.router = Router(self._settings(url, keys_file))
+            # the demo owns its namespace: its keys (fresh fake-server ports) replace any earlier run's
+            self.router = Router(self._settings(url, keys_file), keys=load_keys(keys_file))
             self._start_workers(url, keys_file, secret_env)
             self._wait_for_workers()
             src, out = self.tmp / "prompts.jsonl", self.tmp / "results.jsonl"

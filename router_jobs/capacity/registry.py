@@ -94,13 +94,43 @@ class RegistryStore:
         return int(ver or 0), keys, groups
 
     # -- writing
-    def replace(self, keys_file: KeysFile) -> None:
-        """Make the stored registry exactly ``keys_file`` (key states and usage logs stay)."""
+    def source(self) -> str | None:
+        """The ``source`` given to the last :meth:`replace` (a keys file's digest), if any."""
+        raw = self.client.get(self.ks.pool_part(self.pool, "file"))
+        return None if raw is None else _str(raw)
+
+    def replace(self, keys_file: KeysFile, *, only_if_empty: bool = False, source: str | None = None) -> bool:
+        """Make the stored registry exactly ``keys_file`` (key states and usage logs stay).
+
+        With ``only_if_empty`` the registry is written only if it was never written (version
+        0), atomically: of several processes seeding at once exactly one writes. ``source``
+        (the digest of the file it came from) is remembered, see :meth:`source`. Returns
+        whether it wrote.
+        """
         ks, pool = self.ks, self.pool
-        _, old_keys, old_groups = self.read()
-        old_models = {m.decode() if isinstance(m, bytes) else str(m) for m in self.client.smembers(ks.pool_models(pool))}
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(ks.pool_version(pool))
+                    if only_if_empty and int(pipe.get(ks.pool_version(pool)) or 0) != 0:
+                        return False
+                    _, old_keys, old_groups = self.read()
+                    old_models = {_str(m) for m in pipe.smembers(ks.pool_models(pool))}
+                    pipe.multi()
+                    self._write_all(pipe, keys_file, old_keys, old_groups, old_models)
+                    if source is not None:
+                        pipe.set(ks.pool_part(pool, "file"), source)
+                    else:
+                        pipe.delete(ks.pool_part(pool, "file"))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue  # another writer bumped the version meanwhile: look again
+
+    def _write_all(self, pipe: Any, keys_file: KeysFile, old_keys: dict[str, KeyConfig],
+                   old_groups: dict[str, QuotaGroup], old_models: set[str]) -> None:
+        ks, pool = self.ks, self.pool
         new_models = keys_file.models() | {m for k in keys_file.keys for m in k.served_models()}
-        pipe = self.client.pipeline(transaction=True)
         for gone in set(old_keys) - {k.key_id for k in keys_file.keys}:
             pipe.hdel(ks.pool_registry(pool), gone)
             pipe.hdel(ks.pool_spec(pool), gone)
@@ -121,7 +151,6 @@ class RegistryStore:
         if new_models:
             pipe.sadd(ks.pool_models(pool), *new_models)
         pipe.incr(ks.pool_version(pool))
-        pipe.execute()
 
     def add(self, cfg: KeyConfig, *, groups: Iterable[str]) -> None:
         """Add or replace one key. Its ``quota_group`` must already be defined."""
@@ -176,6 +205,10 @@ class RegistryStore:
             pipe.zadd(ks.pool_cost(pool, model), {cfg.key_id: price})
 
 
+def _str(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 class RegistryCache:
     """A worker's copy of the registry, refreshed when the stored version changes."""
 
@@ -194,10 +227,15 @@ class RegistryCache:
         if not force and mono - self._checked < self.refresh_interval:
             return self
         with self._lock:
-            self._checked = mono
             if self.store.version() != self._version or force:
                 self._version, self.keys, self.groups = self.store.read()
+            self._checked = mono  # only now: a thread racing this one must not see the unread cache
         return self
+
+    @property
+    def version(self) -> int:
+        """The registry version last read (0: never written, -1: not read yet)."""
+        return self._version
 
     def key(self, key_id: str) -> KeyConfig | None:
         """The config of ``key_id``; re-reads Redis once when it is not known."""

@@ -21,7 +21,7 @@ from router_jobs.admission.budgets import Budgets
 from router_jobs.admission.userlimits import UserLimiter
 from router_jobs.backend.connection import connect, resolve_redis_url
 from router_jobs.backend.schema import RedisSchema
-from router_jobs.capacity.config import KeysFile
+from router_jobs.capacity.config import KeysFile, load_keys
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.conversations.store import ConversationStore, check_conv_id
 from router_jobs.errors import JobExpired, JobTimeout, JobValidationError, SubmitRateLimited
@@ -91,9 +91,10 @@ class Router(SeedCompat):
       settings: the configuration.
       client: a redis-py client; by default one is made for ``settings`` (embedded Redis when
         ``REDIS_URL`` is unset).
-      keys: a key configuration to load into the pool's registry in Redis; by default the
-        keys file (``settings.keys_file``) is applied when its content changed since it was
-        last applied (see ``RedisKeyPool.sync_file``).
+      keys: a key configuration to write into the pool's registry in Redis (replacing it).
+        By default a Router never writes the registry: workers seed an empty one from their
+        keys file, and operators change it (``routerctl keys apply``). Until some worker has
+        seeded it, jobs are checked against the models of ``settings.keys_file``.
     """
 
     def __init__(
@@ -115,8 +116,7 @@ class Router(SeedCompat):
                                  late_ms=settings.pool_late_ms)
         if keys is not None:
             self.pool.load(keys)
-        else:
-            self.pool.sync_file(settings.keys_file)
+        self._file_models: tuple[float, set[str]] | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:
@@ -135,8 +135,22 @@ class Router(SeedCompat):
 
     # -- submitting --------------------------------------------------------------------------
     def served_models(self) -> set[str]:
-        """Models some active key of the pool serves (from the registry in Redis)."""
-        return self.pool.models()
+        """Models some active key of the pool serves: from the registry in Redis, or, while
+        it was never written (no worker started yet), from the keys file (read only)."""
+        models = self.pool.models()
+        if models or self.pool.registry.version > 0:
+            return models
+        return self._keys_file_models()
+
+    def _keys_file_models(self) -> set[str]:
+        path = self.settings.keys_file
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return set()
+        if self._file_models is None or self._file_models[0] != mtime:
+            self._file_models = (mtime, load_keys(path).models())
+        return self._file_models[1]
 
     def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
                on_rate_limit: str = "raise", **fields: Any) -> JobHandle:

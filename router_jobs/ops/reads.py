@@ -20,6 +20,7 @@ from router_jobs.admission.budgets import Budgets
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.broker.streams import GROUP, BrokerScripts
 from router_jobs.capacity.config import KeyConfig
+from router_jobs.capacity.keysync import KeysFileCheck
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.errors import ConfigError
 from router_jobs.jobs.records import parse_result
@@ -148,15 +149,11 @@ def require_key(pool: RedisKeyPool, key_id: str) -> None:
         raise KeyError(key_id)
 
 
-def reload_keys(pool: RedisKeyPool, path: str | Path) -> int:
-    """Replace the pool's registry with the keys file at ``path`` (even if unchanged since it
-    was last applied: operators' live edits are undone). Returns the number of keys."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"keys file {p} does not exist", field="keys_file")
-    pool.client.delete(pool.ks.pool_part(pool.pool, "file"))  # forget the applied digest
-    pool.sync_file(p)
-    return len(pool.key_ids())
+def apply_keys(pool: RedisKeyPool, path: str | Path) -> KeysFileCheck:
+    """Replace the pool's registry with the keys file at ``path``, on the operator's request
+    (live edits are undone; key states and usage stay). ConfigError when it is missing or
+    does not validate."""
+    return pool.check_file(path, apply=True)
 
 
 # ---------------------------------------------------------------------------------- jobs
