@@ -33,15 +33,15 @@ def check_text(value: str) -> str:
     return value
 
 
-def check_json_value(value: Any) -> Any:
+def check_json_value(value: Any, max_depth: int = MAX_METADATA_DEPTH) -> Any:
     """``value`` unchanged if it is plain JSON: only str, finite numbers, bool, None, lists and
-    objects with string keys, nested at most ``MAX_METADATA_DEPTH`` deep, valid text throughout.
+    objects with string keys, nested at most ``max_depth`` deep, valid text throughout.
     Walks without recursion, so a value nested 100,000 deep is refused, not a crash."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if depth > MAX_METADATA_DEPTH:
-            raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
+        if depth > max_depth:
+            raise ValueError(f"nests deeper than {max_depth} levels")
         if isinstance(item, str):
             check_text(item)
         elif isinstance(item, float):
