@@ -15,7 +15,14 @@ import redis
 
 from router_jobs.capacity.config import parse_keys
 from router_jobs.client.router import Router
-from router_jobs.errors import JobCancelled, JobExpired, JobFailed, JobTimeout, JobValidationError
+from router_jobs.errors import (
+    BrokerError,
+    JobCancelled,
+    JobExpired,
+    JobFailed,
+    JobTimeout,
+    JobValidationError,
+)
 from router_jobs.models import JobResult, JobStatus
 from router_jobs.settings import Settings
 
@@ -169,3 +176,41 @@ def test_as_completed_timeout_and_unknown_jobs(router: Router) -> None:
     assert only.status == JobStatus.expired
     with pytest.raises(JobTimeout):
         list(router.as_completed([job], timeout=0.2))
+
+
+def test_a_turn_whose_enqueue_failed_does_not_stall_its_conversation(router: Router,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> tuple[str, bool]:
+        raise BrokerError("cannot submit job: connection reset")
+
+    first = router.submit("turn 1", model="fake-model", conversation_id="c-stall")
+    spec1 = router.jobs.spec(first.job_id)
+    assert spec1 is not None and spec1.turn_seq == 1
+    with monkeypatch.context() as m:
+        m.setattr(router.jobs, "submit", broken)
+        with pytest.raises(BrokerError):
+            router.submit("turn 2", model="fake-model", conversation_id="c-stall")
+    third = router.submit("turn 3", model="fake-model", conversation_id="c-stall")
+    spec3 = router.jobs.spec(third.job_id)
+    assert spec3 is not None and spec3.turn_seq == 3
+    assert router.conversations.turn_gate("c-stall", 1)
+    router.conversations.finish_turn("c-stall", 1)
+    assert router.conversations.turn_gate("c-stall", 3)  # turn 2 never was: nothing to wait for
+
+
+def test_a_turn_whose_enqueue_answer_was_lost_keeps_its_place(router: Router,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    real = router.jobs.submit
+
+    def lost_reply(*args: object, **kwargs: object) -> tuple[str, bool]:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        raise BrokerError("cannot submit job: connection reset")
+
+    with monkeypatch.context() as m:
+        m.setattr(router.jobs, "submit", lost_reply)
+        with pytest.raises(BrokerError):
+            router.submit("turn 1", model="fake-model", conversation_id="c-lost")
+    second = router.submit("turn 2", model="fake-model", conversation_id="c-lost")
+    assert router.conversations.turn_gate("c-lost", 1)  # the queued turn 1 still runs first
+    assert not router.conversations.turn_gate("c-lost", 2)
+    assert stream_len(router) == 2 and second.job_id

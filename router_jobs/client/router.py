@@ -9,6 +9,7 @@ thousands of jobs over one connection.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -32,6 +33,7 @@ from router_jobs.seed import SeedCompat
 from router_jobs.settings import Settings
 
 JobRef = JobHandle | str
+log = logging.getLogger(__name__)
 
 #: channels subscribed per SUBSCRIBE command in as_completed
 _SUBSCRIBE_CHUNK = 500
@@ -193,15 +195,37 @@ class Router(SeedCompat):
         A conversation turn draws its turn number here: turns run in submission order.
         """
         delay = check_delay(delay, self.settings)
+        drawn = False
         if spec.conversation_id is not None and spec.turn_seq is None:
             if not self.conversations.exists(spec.conversation_id):
                 self.conversations.create(spec.conversation_id, system_prompt=spec.system_prompt)
             spec = spec.model_copy(update={"turn_seq": self.conversations.next_turn_seq(spec.conversation_id)})
-        job_id, existed = self.jobs.submit(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000))
+            drawn = True
+        job_id = job_id or new_job_id()
+        try:
+            job_id, existed = self.jobs.submit(spec, job_id=job_id, delay_ms=int(delay * 1000))
+        except BaseException:
+            if drawn:
+                self._release_unused_turn(spec, job_id)
+            raise
         record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
         if existed and spec.conversation_id is not None and spec.turn_seq is not None:
             self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
         return JobHandle(job_id=job_id, queue=spec.priority, deduplicated=existed)
+
+    def _release_unused_turn(self, spec: JobSpec, job_id: str) -> None:
+        """A turn number was drawn but its job may not be queued: unless the job record is
+        there (the enqueue did happen, only its answer was lost), mark the turn finished so
+        that later turns do not wait for it. The turn and the queue live in different Redis
+        slots, so the two cannot be one script. Should Redis be unreachable even for this,
+        the gate skips the turn after its stall timeout (``ChatTurns.stall_seconds``)."""
+        assert spec.conversation_id is not None and spec.turn_seq is not None
+        try:
+            if self.jobs.get(job_id) is None:
+                self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)
+        except redis.RedisError:
+            log.warning("conversation %s: turn %d could not be released; the stall timeout will skip it",
+                        spec.conversation_id, spec.turn_seq)
 
     # -- looking up --------------------------------------------------------------------------
     def status(self, job: JobRef) -> JobResult | None:
