@@ -32,7 +32,9 @@ from cli.demo.plan import (
     ANTHROPIC_MODEL,
     OPENAI_MODEL,
     DemoPlan,
+    failure_findings,
     percentile,
+    rate_limit_findings,
     theoretical_min_seconds,
     window_checks,
 )
@@ -203,12 +205,13 @@ class Demo:
         assert self.router is not None and self.progress is not None
         p = self.progress
         per_key = window_checks(self.plan.keys, self.servers)
+        rate_limits = rate_limit_findings(self.plan.keys, self.servers)
         requests = sum(k["requests"] for k in per_key.values())
         ideal = theoretical_min_seconds(self.plan.keys, requests)
         convs = {c: (self.router.conversations.metadata(c) or {}).get("message_count", 0) for c in self.conv_ids}
         lat_ms = [x * 1000 for x in self.latencies]
         lines = out.read_text().splitlines() if out.exists() else []
-        return {
+        summary: dict[str, Any] = {
             "prompts": self.plan.prompts,
             "submitted": p.total,
             "completed": p.done,
@@ -234,7 +237,11 @@ class Demo:
             },
             "spend_usd": round(self.router.budgets.report().get("total", 0.0), 6),
             "workers": self.plan.workers,
+            "first_failure": _first_failed_line(lines),
         }
+        summary["interactive"]["first_failure"] = self.chat_failures[0] if self.chat_failures else None
+        summary["failures"] = failure_findings(summary, rate_limits)
+        return summary
 
     # -- tearing down -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -265,6 +272,19 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _first_failed_line(lines: list[str]) -> str | None:
+    """``line N: type: message`` of the first failed output line, if any."""
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if rec.get("status") != "succeeded":
+            err = rec.get("error") or {}
+            return f"line {rec.get('line')}: {err.get('type')}: {err.get('message')}"
+    return None
 
 
 def _round(v: float | None) -> float | None:
