@@ -172,8 +172,8 @@ def rate_limit_findings(keys: list[DemoKey], servers: dict[str, ProcessFakeServe
         lines.append(
             f"key {k.key_id} ({k.provider}) drew {len(hits)} x 429 on its {k.label} window "
             f"({'/'.join(kinds)} limit), the first {first.time - start:.1f}s into the run, when the server had "
-            f"admitted {admitted} of {k.requests} in the {k.window:g}s before it: requests reached the server "
-            f"later than the pool booked them (a busy machine delays them; ROUTER_POOL_MARGIN_MS widens the margin)"
+            f"admitted {admitted} of {k.requests} in the {k.window:g}s before it (the server saw more requests "
+            f"in that window than the pool meant to send)"
         )
     return lines
 
