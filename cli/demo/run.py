@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from cli.demo.plan import (
     ANTHROPIC_MODEL,
     OPENAI_MODEL,
@@ -43,7 +45,7 @@ from router_jobs.backend.connection import EmbeddedRedis
 from router_jobs.batch.runner import BatchProgress, BatchRunner
 from router_jobs.capacity.config import load_keys
 from router_jobs.client.router import Router
-from router_jobs.errors import BrokerError
+from router_jobs.errors import BrokerError, RouterJobsError
 from router_jobs.observability.gauges import live_consumers
 from router_jobs.ops import reads as ops
 from router_jobs.ops import views
@@ -70,6 +72,7 @@ class Demo:
         self.chat_failures: list[str] = []
         self.conv_ids: list[str] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- setting up ---------------------------------------------------------------------------
     def _start_servers(self) -> dict[str, str]:
@@ -130,6 +133,15 @@ class Demo:
         self.progress = p
 
     def _chat(self, n: int) -> None:
+        try:
+            self._chat_turns(n)
+        except (redis.RedisError, OSError, ValueError, RouterJobsError) as exc:
+            if self._stopping.is_set():
+                return  # torn down under it (Ctrl-C): nothing to report
+            with self._lock:
+                self.chat_failures.append(f"{type(exc).__name__}: {exc}")
+
+    def _chat_turns(self, n: int) -> None:
         assert self.router is not None
         conv = f"demo-chat-{n}"
         self.conv_ids.append(conv)
@@ -246,6 +258,7 @@ class Demo:
     # -- tearing down -------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop workers (gracefully, then harder), fake servers and Redis; remove the folder."""
+        self._stopping.set()
         for p in self.workers:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

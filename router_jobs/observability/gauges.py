@@ -14,6 +14,8 @@ A status is a dict with at least ``key_id`` and ``state``; when present, ``provi
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -62,18 +64,40 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def live_consumers(client: redis.Redis, schema: RedisSchema, stale_after: float) -> int:
-    """Consumers whose heartbeat (``rj:consumers``) is younger than ``stale_after`` seconds."""
+def process_gone(consumer: str) -> bool:
+    """Whether ``consumer`` (named ``<host>-<pid>-<tag>`` by the broker) ran on this host and
+    its process no longer exists. A worker killed or restarted keeps a fresh-looking heartbeat
+    for up to ``stale_after`` seconds; on its own host we need not wait to know it is gone."""
+    parts = consumer.rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user
+        return False
+    return False
+
+
+def alive_consumers(client: redis.Redis, schema: RedisSchema, stale_after: float) -> set[str]:
+    """Names of consumers whose heartbeat (``rj:consumers``) is younger than ``stale_after``
+    seconds and whose process, if it ran on this host, still exists."""
     now = time.time()
-    beats = client.hgetall(schema.consumers())
-    alive = 0
-    for raw in beats.values():
+    alive = set()
+    for name, raw in client.hgetall(schema.consumers()).items():
         try:
-            if now - float(_text(raw)) <= stale_after:
-                alive += 1
+            fresh = now - float(_text(raw)) <= stale_after
         except ValueError:
             continue
+        if fresh and not process_gone(_text(name)):
+            alive.add(_text(name))
     return alive
+
+
+def live_consumers(client: redis.Redis, schema: RedisSchema, stale_after: float) -> int:
+    """How many :func:`alive_consumers` there are."""
+    return len(alive_consumers(client, schema, stale_after))
 
 
 def queue_names(client: redis.Redis, schema: RedisSchema) -> list[str]:

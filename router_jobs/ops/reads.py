@@ -25,7 +25,7 @@ from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.errors import ConfigError
 from router_jobs.jobs.records import parse_result
 from router_jobs.models import Priority
-from router_jobs.observability.gauges import live_consumers, queue_depths, queue_names
+from router_jobs.observability.gauges import alive_consumers, live_consumers, queue_depths, queue_names
 from router_jobs.settings import Settings
 
 #: Key states in which a key is still (or soon again) usable.
@@ -70,15 +70,16 @@ def queue_stats(client: redis.Redis, schema: RedisSchema, *, stale: float = 30.0
     oldest_ready_age (seconds, None when nothing is ready), completed_last_minute.
 
     ``consumers_alive`` counts worker processes whose heartbeat is younger than ``stale``
-    seconds (a heartbeat is per process, and a process consumes every queue unless started
-    with ``--queues``); ``consumers_gone`` counts consumers the queue's group knows (Redis
-    adds one on its first delivery) whose heartbeat is older or missing: dead workers, whose
-    pending entries live ones take over. Completions over the last 60 s are estimated from the
+    seconds and whose process, when it ran on this host, still exists (a killed or restarted
+    worker stops counting at once; a heartbeat is per process, and a process consumes every
+    queue unless started with ``--queues``); ``consumers_gone`` counts consumers the queue's
+    group knows that are not alive and still hold pending entries: dead workers whose entries
+    live ones have yet to take over (dead consumers holding nothing are history, not news). Completions over the last 60 s are estimated from the
     per-minute counters the job store keeps (this minute + the overlapping part of the last).
     """
     names = all_queues(client, schema)
     depths = queue_depths(client, schema, names)
-    beats = consumer_heartbeats(client, schema)
+    fresh = alive_consumers(client, schema, stale)
     now = server_time(client)
     minute = int(time.time() // 60)
     frac = (time.time() % 60) / 60
@@ -91,10 +92,10 @@ def queue_stats(client: redis.Redis, schema: RedisSchema, *, stale: float = 30.0
         pipe.get(f"{schema.completions(q)}:{minute}")
         pipe.get(f"{schema.completions(q)}:{minute - 1}")
         groups, consumers, cur, prev = pipe.execute(raise_on_error=False)
-        in_group = {_text(c["name"]) for c in consumers} if isinstance(consumers, list) else set()
-        fresh = {n for n, a in beats.items() if a <= stale}
+        holding = ({_text(c["name"]) for c in consumers if int(c.get("pending", 0))}
+                   if isinstance(consumers, list) else set())
         alive = len(fresh)
-        gone = len(in_group - fresh)
+        gone = len(holding - fresh)
         oldest: float | None = None
         d = depths.get(q, {"ready": 0, "in_flight": 0, "delayed": 0, "dead": 0})
         if d["ready"] > 0 and isinstance(groups, list):
