@@ -120,3 +120,26 @@ def test_routerctl_refuses_arguments_that_are_not_utf8(argv: list[bytes]) -> Non
     assert done.returncode == 2
     assert b"Traceback" not in done.stderr
     assert b"is not valid UTF-8" in done.stderr
+
+
+def test_the_async_router_refuses_the_same(redis_url: str, namespace: str) -> None:
+    import asyncio
+
+    from router_jobs.client.async_router import AsyncRouter
+
+    async def scenario() -> list[str]:
+        settings = Settings(redis_url=redis_url, namespace=namespace)
+        router = AsyncRouter(Router(settings, client=redis.Redis.from_url(redis_url), keys=KEYS))
+        fields = []
+        try:
+            for kwargs in ({"prompt": "hi", "delay": math.nan}, {"prompt": "\ud800"},
+                           {"prompt": "hi", "metadata": deep(1000)}):
+                try:
+                    await router.submit(model="fake-model", **kwargs)  # type: ignore[arg-type]
+                except JobValidationError as exc:
+                    fields.append(exc.field)
+        finally:
+            await router.aclose()
+        return fields
+
+    assert asyncio.run(scenario()) == ["delay", "prompt", "metadata"]
