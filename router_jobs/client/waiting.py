@@ -19,6 +19,7 @@ from typing import Any
 from redis.asyncio.client import PubSub as AsyncPubSub
 from redis.client import PubSub
 
+from router_jobs.backend.ops import Op, Steps, adrive, drive
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.errors import JobTimeout
 from router_jobs.jobs.records import parse_result
@@ -40,6 +41,17 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _read_records(keys: list[str]) -> Op[list[dict[Any, Any]]]:
+    """HGETALL of each key, in one pipeline."""
+    def send(client: Any) -> Any:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return pipe.execute()
+
+    return Op(send)
+
+
 class WaitSet:
     """The jobs still awaited, and what channel traffic and records mean for them."""
 
@@ -48,20 +60,31 @@ class WaitSet:
         self.pending: set[str] = set()
         self._prefix = schema.job_channel("")
 
-    def channels(self, job_ids: Iterable[str]) -> list[str]:
-        """Channels to subscribe for these jobs (and remember them as pending)."""
-        ids = [j for j in job_ids if j not in self.pending]
+    def watch(self, job_ids: Iterable[str]) -> list[list[str]]:
+        """Remember these jobs as pending; the channels to subscribe, CHUNK per command."""
+        ids = [j for j in dict.fromkeys(job_ids) if j not in self.pending]
         self.pending.update(ids)
-        return [self.schema.job_channel(j) for j in ids]
+        return self.channel_chunks(ids)
 
     def woken(self, messages: Iterable[dict[str, Any]]) -> list[str]:
         """Pending job ids named by pub/sub messages."""
         ids = [_text(m["channel"])[len(self._prefix):] for m in messages]
         return [j for j in ids if j in self.pending]
 
-    def record_keys(self, job_ids: Iterable[str]) -> list[tuple[str, str]]:
-        """(job id, record key) of the pending ones among ``job_ids``."""
-        return [(j, self.schema.job(j)) for j in job_ids if j in self.pending]
+    def collect_steps(self, job_ids: Iterable[str]) -> Steps[list[JobResult]]:
+        """Read the pending ones among ``job_ids``, a pipeline per chunk; the ended results."""
+        todo = [j for j in dict.fromkeys(job_ids) if j in self.pending]
+        results: list[JobResult] = []
+        for i in range(0, len(todo), CHUNK):
+            chunk = todo[i:i + CHUNK]
+            rows = yield _read_records([self.schema.job(j) for j in chunk])
+            results += self.ended(zip(chunk, rows, strict=True))
+        return results
+
+    def channel_chunks(self, job_ids: Iterable[str]) -> list[list[str]]:
+        """The channels of ``job_ids``, CHUNK per (UN)SUBSCRIBE command."""
+        channels = [self.schema.job_channel(j) for j in job_ids]
+        return [channels[i:i + CHUNK] for i in range(0, len(channels), CHUNK)]
 
     def ended(self, rows: Iterable[tuple[str, dict[Any, Any]]]) -> list[JobResult]:
         """Results of the jobs whose record (job id, HGETALL reply) shows an ending; those
@@ -114,9 +137,8 @@ class JobWaiter:
 
     def watch(self, job_ids: Iterable[str]) -> None:
         """Subscribe to these jobs' endings; do it before submitting or reading them."""
-        channels = self.set.channels(job_ids)
-        for i in range(0, len(channels), CHUNK):
-            self.pubsub.subscribe(*channels[i:i + CHUNK])
+        for channels in self.set.watch(job_ids):
+            self.pubsub.subscribe(*channels)
 
     def poll(self, timeout: float) -> list[str]:
         """Wait up to ``timeout`` seconds for a wake-up; the pending job ids woken (may be [])."""
@@ -129,17 +151,9 @@ class JobWaiter:
 
     def collect(self, job_ids: Iterable[str]) -> list[JobResult]:
         """Read these jobs' records; return (and stop watching) the ones that ended."""
-        todo = self.set.record_keys(job_ids)
-        results: list[JobResult] = []
-        for i in range(0, len(todo), CHUNK):
-            chunk = todo[i:i + CHUNK]
-            pipe = self.client.pipeline(transaction=False)
-            for _, key in chunk:
-                pipe.hgetall(key)
-            results += self.set.ended(zip([j for j, _ in chunk], pipe.execute(), strict=True))
-        channels = [self.set.schema.job_channel(r.job_id) for r in results]
-        for i in range(0, len(channels), CHUNK):
-            self.pubsub.unsubscribe(*channels[i:i + CHUNK])
+        results = drive(self.client, self.set.collect_steps(job_ids))
+        for channels in self.set.channel_chunks(r.job_id for r in results):
+            self.pubsub.unsubscribe(*channels)
         return results
 
     def results(self, job_ids: Iterable[str], timeout: float | None) -> Iterator[JobResult]:
@@ -180,9 +194,8 @@ class AsyncJobWaiter:
 
     async def watch(self, job_ids: Iterable[str]) -> None:
         """Subscribe to these jobs' endings; do it before submitting or reading them."""
-        channels = self.set.channels(job_ids)
-        for i in range(0, len(channels), CHUNK):
-            await self.pubsub.subscribe(*channels[i:i + CHUNK])
+        for channels in self.set.watch(job_ids):
+            await self.pubsub.subscribe(*channels)
 
     async def poll(self, timeout: float) -> list[str]:
         """Wait up to ``timeout`` seconds for a wake-up; the pending job ids woken (may be [])."""
@@ -195,17 +208,9 @@ class AsyncJobWaiter:
 
     async def collect(self, job_ids: Iterable[str]) -> list[JobResult]:
         """Read these jobs' records; return (and stop watching) the ones that ended."""
-        todo = self.set.record_keys(job_ids)
-        results: list[JobResult] = []
-        for i in range(0, len(todo), CHUNK):
-            chunk = todo[i:i + CHUNK]
-            pipe = self.client.pipeline(transaction=False)
-            for _, key in chunk:
-                pipe.hgetall(key)
-            results += self.set.ended(zip([j for j, _ in chunk], await pipe.execute(), strict=True))
-        channels = [self.set.schema.job_channel(r.job_id) for r in results]
-        for i in range(0, len(channels), CHUNK):
-            await self.pubsub.unsubscribe(*channels[i:i + CHUNK])
+        results = await adrive(self.client, self.set.collect_steps(job_ids))
+        for channels in self.set.channel_chunks(r.job_id for r in results):
+            await self.pubsub.unsubscribe(*channels)
         return results
 
     async def results(self, job_ids: Iterable[str], timeout: float | None) -> AsyncIterator[JobResult]:
