@@ -15,8 +15,7 @@ import redis
 from cli.common import FAILED, USAGE, router
 from router_jobs.backend.connection import resolve_redis_url
 from router_jobs.errors import ConfigError, JobValidationError, RouterJobsError
-from router_jobs.observability.gauges import live_consumers
-from router_jobs.ops.reads import stale_after
+from router_jobs.ops.workers import live_workers, stale_after
 from router_jobs.settings import Settings
 
 
@@ -97,7 +96,7 @@ def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool,
     env = dict(os.environ)
     env["REDIS_URL"] = resolve_redis_url(settings)  # workers find the same (embedded) server
     r = router()
-    idle = live_consumers(r.client, r.schema, stale_after(settings)) == 0
+    idle = live_workers(r.client, r.schema, stale_after(settings)) == 0
     check = r.pool.check_file(settings.keys_file, apply=apply_keys, pool_idle=idle)
     if check.outcome != "same":
         click.echo(f"routerctl: {check.message()}", err=True)

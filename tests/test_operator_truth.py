@@ -23,8 +23,9 @@ from cli.main import cli
 from fakeproviders import ProcessFakeServer
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.broker.streams import GROUP
-from router_jobs.observability.gauges import live_consumers
+from router_jobs.ops import health as ophealth
 from router_jobs.ops import reads as ops
+from router_jobs.ops.workers import live_workers
 from router_jobs.secrets.stores import env_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,10 +56,10 @@ def test_worker_counts_are_right_after_a_restart(r: redis.Redis, namespace: str)
     r.xreadgroup(GROUP, killed, {stream: ">"}, count=1)  # the killed worker held one entry
     r.xgroup_createconsumer(stream, GROUP, killed_idle)  # and one that held nothing
     r.xgroup_createconsumer(stream, GROUP, remote_stale)
-    assert live_consumers(r, ks, stale_after=30.0) == 2
+    assert live_workers(r, ks, stale=30.0) == 2
     row = {q["queue"]: q for q in ops.queue_stats(r, ks, stale=30.0)}["interactive"]
     assert (row["consumers_alive"], row["consumers_gone"]) == (2, 1)
-    report = ops.health(r, ks, None, stale=30.0)  # type: ignore[arg-type]
+    report = ophealth.health(r, ks, None, stale=30.0)  # type: ignore[arg-type]
     assert any("2 worker(s) alive" in str(c.get("detail")) for c in report["checks"])
 
 
