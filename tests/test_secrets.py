@@ -227,3 +227,16 @@ def test_ordinary_text_is_left_alone() -> None:
     for text in ("Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 500, Used 500.",
                  "loading... done", "error *** see above", "sk-ab***"):
         assert red.redact(text) == text
+
+
+def test_every_piece_of_eight_or_more_is_found_wherever_it_sits() -> None:
+    red = Redactor([KEY])
+    for start in range(len(KEY) - 8 + 1):
+        for length in (8, 9, 11, 13):
+            piece = KEY[start:start + length]
+            if len(piece) < 8:
+                continue
+            for pad in range(5):  # the piece at every alignment against the scan's stride
+                text = "x" * pad + " said " + piece + " then"
+                clean = red.redact(text)
+                assert piece not in clean and "[REDACTED]" in clean, (start, length, pad, clean)

@@ -22,7 +22,11 @@ FRAGMENT_LENGTH = 8
 #: shortest visible head or tail of a masked echo that is compared with the secrets
 MASKED_VISIBLE = 3
 
-_MASKED = re.compile(r"(?P<head>[A-Za-z0-9_\-]*)(?:\*{3,}|\.{3,}|…)(?P<tail>[A-Za-z0-9_\-]*)")
+_MASK = re.compile(r"\*{3,}|\.{3,}|…")
+_HEAD = re.compile(r"[A-Za-z0-9_\-]+\Z")
+_TAIL = re.compile(r"[A-Za-z0-9_\-]+")
+#: probe stride of the scan: every run of FRAGMENT_LENGTH holds an aligned run of _QUAD
+_QUAD = 4
 
 
 class FragmentIndex:
@@ -30,8 +34,9 @@ class FragmentIndex:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = tuple(s for s in secrets if s)
-        self._grams = {s[i:i + FRAGMENT_LENGTH] for s in self.secrets
-                       for i in range(len(s) - FRAGMENT_LENGTH + 1)}
+        n = FRAGMENT_LENGTH
+        self._grams = {s[i:i + n] for s in self.secrets for i in range(len(s) - n + 1)}
+        self._quads = {g[i:i + _QUAD] for g in self._grams for i in range(n - _QUAD + 1)}
 
     def __bool__(self) -> bool:
         return bool(self.secrets)
@@ -40,27 +45,45 @@ class FragmentIndex:
         """``text`` with every piece of a secret (see the module docstring) replaced."""
         if not self.secrets:
             return text
-        text = _MASKED.sub(lambda m: replacement if self._masked_echo(m) else m.group(0), text)
-        return self._redact_runs(text, replacement)
+        return self._redact_runs(self._redact_masked(text, replacement), replacement)
 
-    def _masked_echo(self, m: re.Match[str]) -> bool:
-        head, tail = m.group("head"), m.group("tail")
-        return any((len(head) >= MASKED_VISIBLE and s.startswith(head))
-                   or (len(tail) >= MASKED_VISIBLE and s.endswith(tail)) for s in self.secrets)
+    def _redact_masked(self, text: str, replacement: str) -> str:
+        if "***" not in text and "..." not in text and "…" not in text:
+            return text  # the common case, at the speed of a substring search
+        out, last = [], 0
+        for mask in _MASK.finditer(text):
+            if mask.start() < last:
+                continue
+            head_m = _HEAD.search(text, last, mask.start())
+            tail_m = _TAIL.match(text, mask.end())
+            start = head_m.start() if head_m else mask.start()
+            end = tail_m.end() if tail_m else mask.end()
+            head, tail = text[start:mask.start()], text[mask.end():end]
+            if any((len(head) >= MASKED_VISIBLE and s.startswith(head))
+                   or (len(tail) >= MASKED_VISIBLE and s.endswith(tail)) for s in self.secrets):
+                out += [text[last:start], replacement]
+                last = end
+        return "".join(out) + text[last:] if out else text
 
     def _redact_runs(self, text: str, replacement: str) -> str:
-        n = FRAGMENT_LENGTH
-        if len(text) < n or not self._grams:
+        n, grams, quads = FRAGMENT_LENGTH, self._grams, self._quads
+        if len(text) < n or not grams:
+            return text
+        # a piece of FRAGMENT_LENGTH holds a _QUAD-run starting at a multiple of _QUAD: probe
+        # only those, then look at the few places around each probe that hit
+        probes = [i for i in range(0, len(text) - _QUAD + 1, _QUAD) if text[i:i + _QUAD] in quads]
+        if not probes:
+            return text
+        starts = sorted({j for i in probes for j in range(max(0, i + _QUAD - n), min(i, len(text) - n) + 1)})
+        hits = [j for j in starts if text[j:j + n] in grams]
+        if not hits:
             return text
         spans: list[list[int]] = []
-        for i in range(len(text) - n + 1):
-            if text[i:i + n] in self._grams:
-                if spans and i <= spans[-1][1]:
-                    spans[-1][1] = i + n
-                else:
-                    spans.append([i, i + n])
-        if not spans:
-            return text
+        for i in hits:
+            if spans and i <= spans[-1][1]:
+                spans[-1][1] = i + n
+            else:
+                spans.append([i, i + n])
         out, last = [], 0
         for start, end in spans:
             out.append(text[last:start])
