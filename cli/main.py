@@ -88,7 +88,7 @@ def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool,
     The key registry in Redis is the pool's truth: an empty one is seeded from the keys file;
     a file that differs from a registry in use (some worker alive) is reported with the
     differing key ids, not applied, unless --apply-keys is given. With no worker alive, a
-    keys file edited since it was last applied is applied (and the line says so).
+    keys file whose content no worker used before (an edit) is applied (the line says so).
 
     Each worker process warms up before it takes work: it loads the SDK of every configured
     provider and builds every key's client, so a first call costs what any call costs."""

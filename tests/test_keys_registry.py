@@ -164,3 +164,20 @@ def test_worker_seeds_an_empty_registry(redis_url: str, namespace: str, pool: Re
     assert "seeded" in invoke(env, "worker").output
     assert ids(pool) == ["first-1"]
     assert parse_keys(json.loads(path.read_text())).keys == list(pool.keys_file().keys)
+
+
+def test_an_idle_restart_never_undoes_an_explicit_apply_or_a_reported_file(
+        live: dict[str, str], pool: RedisKeyPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli.main, "supervise", lambda argv, env, restart=True: 0)
+    newer = keys_file(tmp_path / "newer", fake_key("live-1"), fake_key("newer-1"))
+    invoke(live, "keys", "apply", str(newer))
+    res = invoke(live, "worker")  # the pool restarts with its usual (older) keys.json
+    assert "differs" in res.output and ids(pool) == ["live-1", "newer-1"]
+    # a second worker's differing file, reported while the pool ran ...
+    other = keys_file(tmp_path / "other", fake_key("other-1"))
+    pool.client.hset(pool.ks.consumers(), "busy-worker", str(time.time()))
+    assert pool.check_file(other).outcome == "differs"
+    pool.client.hdel(pool.ks.consumers(), "busy-worker")
+    # ... is not taken up when that worker later starts a pool alone
+    res = invoke(dict(live, ROUTER_KEYS_FILE=str(other)), "worker")
+    assert "differs" in res.output and ids(pool) == ["live-1", "newer-1"]

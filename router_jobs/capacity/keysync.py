@@ -13,9 +13,11 @@ input to it:
 - the file replaces the registry on request: ``routerctl keys apply FILE``,
   ``routerctl worker --apply-keys``, or :func:`check_keys_file` with ``apply=True``;
 - and when a pool starts with no worker alive (``pool_idle``: nobody else is using the
-  registry) from a file whose content changed since the registry was last written from a
-  file: the edit-keys.json-and-restart routine. Live edits made with an unchanged file
-  survive restarts. Either way the line says which key ids changed.
+  registry) from a file whose content no worker has started with before: the
+  edit-keys.json-and-restart routine. A file some worker already used (the pool's usual one
+  after live edits or an explicit ``keys apply``, or a differing file that was reported
+  once) is never taken up this way, so live edits survive restarts and two workers' files
+  never take turns. Either way the line says which key ids changed.
 
 Producers and read-only commands never call this with ``apply=True`` and never seed.
 """
@@ -99,7 +101,7 @@ def check_keys_file(pool: RedisKeyPool, path: str | Path, *, apply: bool = False
                     pool_idle: bool = False) -> KeysFileCheck:
     """Compare the keys file at ``path`` with the pool's registry; seed an empty registry from
     it; replace the registry with it when ``apply``, or when ``pool_idle`` (no worker alive)
-    and the file changed since the registry was last written from a file.
+    and no worker has started with a file of this content before.
 
     Raises ConfigError for a file that does not validate, or that is missing when ``apply``.
     """
@@ -112,16 +114,17 @@ def check_keys_file(pool: RedisKeyPool, path: str | Path, *, apply: bool = False
     keys_file = load_keys(p)
     digest = hashlib.sha256(raw).hexdigest()
     n = len(keys_file.keys)
-    if not apply and pool.store.replace(keys_file, only_if_empty=True, source=digest):
+    new_content = pool.store.remember_file(digest)
+    if not apply and pool.store.replace(keys_file, only_if_empty=True):
         pool.registry.current(force=True)
         return KeysFileCheck(p, "seeded", diff_keys(keys_file, {}, {}), n)
     _, keys, groups = pool.store.read()
     diff = diff_keys(keys_file, keys, groups)
     why = "on request" if apply else ""
-    if not apply and not diff.empty and pool_idle and pool.store.source() != digest:
-        why = "(no worker was running, and the file changed since it was last applied)"
+    if not apply and not diff.empty and pool_idle and new_content:
+        why = "(no worker was running, and no worker had used this file's content before)"
     if why:
-        pool.store.replace(keys_file, source=digest)
+        pool.store.replace(keys_file)
         pool.registry.current(force=True)
         return KeysFileCheck(p, "applied", diff, n, why)
     return KeysFileCheck(p, "same" if diff.empty else "differs", diff, n)

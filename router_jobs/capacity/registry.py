@@ -106,17 +106,16 @@ class RegistryStore:
         return run(self.client, self.read_op())
 
     # -- writing
-    def source(self) -> str | None:
-        """The ``source`` given to the last :meth:`replace` (a keys file's digest), if any."""
-        raw = self.client.get(self.ks.pool_part(self.pool, "file"))
-        return None if raw is None else _str(raw)
+    def remember_file(self, digest: str) -> bool:
+        """Note that a worker started with a keys file of this content (``digest``); True when
+        none had before (one entry per distinct content ever used: a handful)."""
+        return bool(self.client.sadd(self.ks.pool_part(self.pool, "files"), digest))
 
-    def replace(self, keys_file: KeysFile, *, only_if_empty: bool = False, source: str | None = None) -> bool:
+    def replace(self, keys_file: KeysFile, *, only_if_empty: bool = False) -> bool:
         """Make the stored registry exactly ``keys_file`` (key states and usage logs stay).
 
         With ``only_if_empty`` the registry is written only if it was never written (version
-        0), atomically: of several processes seeding at once exactly one writes. ``source``
-        (the digest of the file it came from) is remembered, see :meth:`source`. Returns
+        0), atomically: of several processes seeding at once exactly one writes. Returns
         whether it wrote.
         """
         ks, pool = self.ks, self.pool
@@ -130,10 +129,6 @@ class RegistryStore:
                     old_models = {_str(m) for m in pipe.smembers(ks.pool_models(pool))}
                     pipe.multi()
                     self._write_all(pipe, keys_file, old_keys, old_groups, old_models)
-                    if source is not None:
-                        pipe.set(ks.pool_part(pool, "file"), source)
-                    else:
-                        pipe.delete(ks.pool_part(pool, "file"))
                     pipe.execute()
                     return True
                 except redis.WatchError:
