@@ -37,6 +37,9 @@ class FragmentIndex:
         n = FRAGMENT_LENGTH
         self._grams = {s[i:i + n] for s in self.secrets for i in range(len(s) - n + 1)}
         self._quads = {g[i:i + _QUAD] for g in self._grams for i in range(n - _QUAD + 1)}
+        v = MASKED_VISIBLE
+        self._heads = {s[:i] for s in self.secrets for i in range(v, len(s) + 1)}
+        self._tails = {s[-i:] for s in self.secrets for i in range(v, len(s) + 1)}
 
     def __bool__(self) -> bool:
         return bool(self.secrets)
@@ -59,8 +62,7 @@ class FragmentIndex:
             start = head_m.start() if head_m else mask.start()
             end = tail_m.end() if tail_m else mask.end()
             head, tail = text[start:mask.start()], text[mask.end():end]
-            if any((len(head) >= MASKED_VISIBLE and s.startswith(head))
-                   or (len(tail) >= MASKED_VISIBLE and s.endswith(tail)) for s in self.secrets):
+            if head in self._heads or tail in self._tails:  # both hold MASKED_VISIBLE+ characters
                 out += [text[last:start], replacement]
                 last = end
         return "".join(out) + text[last:] if out else text
