@@ -27,6 +27,8 @@ _HEAD = re.compile(r"[A-Za-z0-9_\-]+\Z")
 _TAIL = re.compile(r"[A-Za-z0-9_\-]+")
 #: probe stride of the scan: every run of FRAGMENT_LENGTH holds an aligned run of _QUAD
 _QUAD = 4
+#: how far before a mask its visible head is looked for (longer than any API key)
+_LONGEST_HEAD = 512
 
 
 class FragmentIndex:
@@ -57,7 +59,7 @@ class FragmentIndex:
         for mask in _MASK.finditer(text):
             if mask.start() < last:
                 continue
-            head_m = _HEAD.search(text, last, mask.start())
+            head_m = _HEAD.search(text, max(last, mask.start() - _LONGEST_HEAD), mask.start())
             tail_m = _TAIL.match(text, mask.end())
             start = head_m.start() if head_m else mask.start()
             end = tail_m.end() if tail_m else mask.end()
