@@ -286,7 +286,7 @@ class BatchRunner:
         try:
             req = parse_line(n, text)
             custom_id, metadata = req.custom_id, req.metadata
-            spec = validate_spec(self._fields(req), self.router.settings, self.router.served_models())
+            spec = validate_spec(self._fields(req), self.router.settings, self.router.served_providers())
         except LineError as exc:
             self._emit(n, output_record(n, exc.custom_id, metadata, error=(exc.kind, exc.message)), progress)
             return None

@@ -195,6 +195,15 @@ class RedisKeyPool:
         keys = self.registry.current().keys.values()
         return {m for k in keys if k.active for m in k.served_models()}
 
+    def providers_by_model(self) -> dict[str, set[str]]:
+        """For every model an active key serves: the providers of those keys."""
+        out: dict[str, set[str]] = {}
+        for k in self.registry.current().keys.values():
+            if k.active:
+                for m in k.served_models():
+                    out.setdefault(m, set()).add(k.provider)
+        return out
+
     # ------------------------------------------------------------------ reserve / settle
     def _ms_args(self) -> list[int]:
         return [self.margin_ms, self.lease_grace_ms, self.record_keep_ms, self.concurrency_poll_ms, self.late_ms]

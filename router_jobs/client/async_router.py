@@ -47,7 +47,7 @@ class AsyncRouter:
         from router_jobs.client.router import validate_spec
 
         spec = validate_spec({"prompt": prompt, "model": model, **fields}, self.sync.settings,
-                             self.sync.served_models())
+                             self.sync.served_providers())
         if spec.user_id is not None or spec.conversation_id is not None:
             # limits, budgets and turn numbering live in the sync router's small Redis scripts
             return self.sync.submit_spec(_checked(self.sync, spec), delay=delay)

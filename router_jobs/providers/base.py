@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from router_jobs.models import ChatMessage, Usage
-from router_jobs.request import FinishReason, Reasoning, ResponseFormat, Tool, ToolCall, ToolChoice
+from router_jobs.request import (
+    FinishReason,
+    ProviderPart,
+    Reasoning,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class ChatResponse:
     details: dict[str, str] = field(default_factory=dict)
     tool_calls: list[ToolCall] = field(default_factory=list)
     refusal: str | None = None
+    parts: list[ProviderPart] = field(default_factory=list)  # opaque state to keep in the conversation
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from router_jobs.capacity.pool import Grant, KeyPool, ReserveRequest, Wait
 from router_jobs.conversations.turns import ChatTurns
 from router_jobs.jobs.records import JobStore, StartedJob
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
-from router_jobs.providers.base import ChatRequest, KeyCredentials, ProviderAdapter
+from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
 
 log = logging.getLogger("router_jobs.worker")
@@ -194,6 +194,8 @@ class Executor:
         call = ChatRequest(
             model=grant.model, messages=messages, max_output_tokens=spec.max_output_tokens,
             temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
+            seed=spec.seed, response_format=spec.response_format, tools=spec.tools, tool_choice=spec.tool_choice,
+            parallel_tool_calls=spec.parallel_tool_calls, reasoning=spec.reasoning,
         )
         try:
             adapter = self.adapter_for(grant.provider)
@@ -224,7 +226,7 @@ class Executor:
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)
         self.observer.provider_call(grant, seconds, None, response.usage)
         if self.chat is not None:
-            self.chat.record(job.job_id, spec, response.content, response.usage, grant)
+            self.chat.record(job.job_id, spec, response, grant)
         if self.budgets is not None and self.key_cost is not None:
             cost = self.key_cost(grant.key_id)
             if cost is not None:
@@ -232,7 +234,7 @@ class Executor:
                                           user_id=spec.user_id)
         return self._end(
             job, queue, JobStatus.succeeded, None, None, attempts=attempts, grant=grant,
-            content=response.content, usage=response.usage, provider_time=seconds,
+            content=response.content, usage=response.usage, provider_time=seconds, response=response,
         )
 
     def _retry(self, job: StartedJob, queue: str, attempts: int, excluded: frozenset[str], delay: int,
@@ -248,13 +250,17 @@ class Executor:
 
     def _end(self, job: StartedJob, queue: str, status: JobStatus, error_type: str | None,
              error_message: str | None, *, attempts: int | None = None, grant: Grant | None = None,
-             content: str | None = None, usage: Usage | None = None, provider_time: float | None = None) -> str:
+             content: str | None = None, usage: Usage | None = None, provider_time: float | None = None,
+             response: ChatResponse | None = None) -> str:
         spec = job.spec
         finished = time.time()
         result = JobResult(
             job_id=job.job_id,
             status=status,
             content=content,
+            tool_calls=response.tool_calls if response else [],
+            finish_reason=response.finish_reason if response else None,
+            refusal=response.refusal if response else None,
             usage=usage or Usage(),
             key_id=grant.key_id if grant else None,
             provider=grant.provider if grant else None,
