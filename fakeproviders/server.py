@@ -228,6 +228,8 @@ class FakeProviderServer:
     def handle(self, path: str, headers: Mapping[str, str], body: dict[str, Any]) -> Reply:
         """Answer one request (called by the HTTP handler; usable directly in unit tests)."""
         parsed = urlsplit(path)
+        if self.provider == "gemini":
+            body = views.camel_keys(body)  # recorded so too: the API takes either spelling
         req = _parse_request(self.provider, parsed.path, parse_qs(parsed.query), headers, body)
         if isinstance(req, Reply):
             return req

@@ -248,6 +248,28 @@ def anthropic_view(body: dict[str, Any], headers: Mapping[str, str]) -> RequestV
 
 # ---------------------------------------------------------------- Gemini
 
+#: fields whose values are the caller's data (schemas, arguments), never renamed
+_GEMINI_DATA = {"args", "response", "parametersJsonSchema", "parameters", "responseJsonSchema", "responseSchema"}
+
+
+def camel_keys(obj: Any) -> Any:
+    """A Gemini body with its field names in camelCase.
+
+    The API reads proto3 JSON, which takes ``mime_type`` and ``mimeType`` alike; the SDK sends
+    a mix of both. Values of data fields (schemas, call arguments, results) are left as sent.
+    """
+    if isinstance(obj, list):
+        return [camel_keys(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        head, *rest = k.split("_")
+        name = head + "".join(w[:1].upper() + w[1:] for w in rest)
+        out[name] = v if name in _GEMINI_DATA else camel_keys(v)
+    return out
+
+
 
 def gemini_view(model: str, secret: str, body: dict[str, Any]) -> RequestView:
     """Read (and check) a generateContent body."""

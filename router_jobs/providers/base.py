@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from router_jobs.models import ChatMessage, Usage
+from router_jobs.models import ChatMessage, JobSpec, Usage
 from router_jobs.request import (
     FinishReason,
     ProviderPart,
@@ -40,6 +40,16 @@ class ChatRequest:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning: Reasoning | None = None
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec, model: str, messages: list[ChatMessage]) -> ChatRequest:
+        """The call a job makes on ``model`` with ``messages`` (history included)."""
+        return cls(
+            model=model, messages=messages, max_output_tokens=spec.max_output_tokens,
+            temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
+            seed=spec.seed, response_format=spec.response_format, tools=spec.tools, tool_choice=spec.tool_choice,
+            parallel_tool_calls=spec.parallel_tool_calls, reasoning=spec.reasoning,
+        )
 
     def output_format(self) -> ResponseFormat | None:
         """The answer format asked for (``json_output`` as a JSON-object format), or None."""

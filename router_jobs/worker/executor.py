@@ -191,12 +191,7 @@ class Executor:
             return self._retry(job, queue, attempts, job.excluded | {grant.key_id}, 0, defer,
                                "secret_unavailable", str(exc))
         creds = KeyCredentials(key_id=grant.key_id, api_key=api_key, base_url=grant.base_url, timeout=grant.timeout)
-        call = ChatRequest(
-            model=grant.model, messages=messages, max_output_tokens=spec.max_output_tokens,
-            temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
-            seed=spec.seed, response_format=spec.response_format, tools=spec.tools, tool_choice=spec.tool_choice,
-            parallel_tool_calls=spec.parallel_tool_calls, reasoning=spec.reasoning,
-        )
+        call = ChatRequest.from_spec(spec, grant.model, messages)
         try:
             adapter = self.adapter_for(grant.provider)
         except errors.ConfigError as exc:  # e.g. the provider's SDK is not installed
