@@ -29,6 +29,7 @@ from router_jobs.jobs.records import JobStore, StartedJob
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
+from router_jobs.tokens import estimate_extra_tokens
 
 log = logging.getLogger("router_jobs.worker")
 
@@ -138,7 +139,8 @@ class Executor:
             messages = self.chat.messages(spec)
         else:
             messages = spec.chat_messages()
-        input_tokens = self.estimate_tokens(messages, spec.model)
+        input_tokens = self.estimate_tokens(messages, spec.model) + estimate_extra_tokens(
+            spec.tools, spec.output_format(), spec.model)
         waited = job.now - job.queued_at
         use_fallbacks = spec.max_wait is None or waited >= spec.max_wait
         models = spec.models() if use_fallbacks else [spec.model]
