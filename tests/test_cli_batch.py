@@ -143,7 +143,8 @@ def test_parse_line_forms() -> None:
     plain = parse_line(3, json.dumps({"prompt": "p", "system": "s", "custom_id": 7}))
     assert plain.custom_id == "7" and plain.fields == {"model": None, "prompt": "p", "system_prompt": "s"}
     for bad, kind in [("[1]", "invalid_json"), ('{"messages": []}', "invalid_request"),
-                      ('{"messages": [{"role": "tool", "content": "x"}]}', "unsupported"),
+                      ('{"messages": [{"role": "tool", "content": "x"}]}', "invalid_request"),
+                      ('{"messages": [{"role": "function", "content": "x"}]}', "unsupported"),
                       ('{"nothing": 1}', "invalid_request")]:
         with pytest.raises(LineError) as info:
             parse_line(4, bad)
