@@ -277,6 +277,7 @@ def gemini_view(model: str, secret: str, body: dict[str, Any]) -> RequestView:
     sys_parts = (body.get("systemInstruction") or body.get("system_instruction") or {}).get("parts")
     texts = [_text_of(sys_parts)]
     calls_before = 0
+    unsigned_calls: list[str] = []  # function calls since the last user text, without a signature
     for i, c in enumerate(body.get("contents") or []):
         role, where = c.get("role", "user"), f"contents[{i}]"
         _need(role in ("user", "model"), f"{where}.role: Please use a valid role: user, model.")
@@ -300,6 +301,8 @@ def gemini_view(model: str, secret: str, body: dict[str, Any]) -> RequestView:
                 _need(role == "model" and bool(p["functionCall"].get("name")), f"{at}.function_call: malformed")
                 calls += 1
                 texts.append(p["functionCall"]["name"] + json.dumps(p["functionCall"].get("args") or {}))
+                if not p.get("thoughtSignature"):
+                    unsigned_calls.append(f"{at}.function_call")
             elif "functionResponse" in p:
                 fr = p["functionResponse"]
                 _need(role == "user" and bool(fr.get("name")) and isinstance(fr.get("response"), dict),
@@ -316,6 +319,7 @@ def gemini_view(model: str, secret: str, body: dict[str, Any]) -> RequestView:
             view.tool_results = results
             if not results:
                 view.prompt = "".join(user_text)
+                unsigned_calls = []
         else:
             view.tool_results = []
     for t in body.get("tools") or []:
@@ -337,5 +341,8 @@ def gemini_view(model: str, secret: str, body: dict[str, Any]) -> RequestView:
     _need(not ("thinkingBudget" in thinking and "thinkingLevel" in thinking),
           "thinking_budget and thinking_level are not supported together.")
     view.thinking = bool(thinking)
+    _need(not (model.startswith("gemini-3") and unsigned_calls),
+          f"Function call is missing a thought_signature in functionCall parts ({', '.join(unsigned_calls)}). "
+          "This is required for tools to work correctly.")
     view.all_text = " ".join(texts)
     return view

@@ -12,6 +12,7 @@ providers echo part of it), so tests can prove the adapters redact it.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -276,7 +277,10 @@ def gemini_success(model: str, text: str, usage: dict[str, int], finish: str = "
     if block_reason:
         return {"promptFeedback": {"blockReason": block_reason}, "usageMetadata": meta, "modelVersion": model}
     parts: list[dict[str, Any]] = [{"text": text}] if text else []
-    parts += [{"functionCall": {"name": name, "args": args}} for name, args in calls or []]
+    signed = model.startswith("gemini-3")  # Gemini 3 signs its function calls
+    parts += [{"functionCall": {"name": name, "args": args},
+               **({"thoughtSignature": base64.b64encode(uuid.uuid4().bytes).decode()} if signed else {})}
+              for name, args in calls or []]
     content: dict[str, Any] = {"role": "model", "parts": parts}
     return {
         "candidates": [{"content": content, "finishReason": finish, "index": 0}],

@@ -17,6 +17,7 @@ import pytest
 
 from fakeproviders import FakeProviderServer
 from router_jobs.client.router import validate_spec
+from router_jobs.conversations.turns import reply_message
 from router_jobs.errors import BadRequest, ContentBlocked, JobValidationError
 from router_jobs.models import ChatMessage, JobSpec
 from router_jobs.providers import ChatRequest, ChatResponse, KeyCredentials, get_adapter
@@ -368,3 +369,28 @@ def test_another_providers_parts_in_history_stay_out_of_the_request(servers: dic
         get_adapter(provider).complete(ChatRequest(model=MODEL, messages=history),
                                        KeyCredentials("k1", SECRET, server.base_url, 10.0))
         assert '"thinking"' not in json.dumps(server.received("k1")[-1].body)
+
+
+def test_gemini_3_signed_function_calls_go_back_signed(servers: dict[str, FakeProviderServer]) -> None:
+    """Gemini 3 refuses a tool loop whose calls lost their thought signature; the kept part
+    carries it back, through the conversation's neutral reply message."""
+    server, creds = servers["gemini"], KeyCredentials("k1", SECRET, servers["gemini"].base_url, 10.0)
+    spec = validate_spec({"model": "gemini-3-pro", **TOOLS_ASK}, Settings(), {"gemini-3-pro": {"gemini"}})
+    question = spec.chat_messages()
+    first = get_adapter("gemini").complete(ChatRequest.from_spec(spec, "gemini-3-pro", question), creds)
+    assert len(first.parts) == 1 and first.parts[0].data["thought_signature"]
+    reply = reply_message(first)
+    result = ChatMessage(role="tool", tool_call_id=first.tool_calls[0].id, content="sunny")
+    answer = get_adapter("gemini").complete(
+        ChatRequest.from_spec(spec, "gemini-3-pro", [*question, reply, result]), creds)
+    assert answer.content == 'echo: {"result": "sunny"}'
+    sent = server.received("k1")[-1].body["contents"][1]["parts"]
+    assert sent[0]["thoughtSignature"] == first.parts[0].data["thought_signature"]
+    # the same history without the kept part is refused, as Gemini 3 refuses it
+    bare = ChatMessage(role="assistant", tool_calls=first.tool_calls)
+    with pytest.raises(BadRequest, match="thought_signature"):
+        get_adapter("gemini").complete(ChatRequest.from_spec(spec, "gemini-3-pro", [*question, bare, result]), creds)
+    # other providers leave the signed part out
+    get_adapter("openai").complete(ChatRequest.from_spec(spec, MODEL, [*question, reply, result]),
+                                   KeyCredentials("k1", SECRET, servers["openai"].base_url, 10.0))
+    assert "thought_signature" not in json.dumps(servers["openai"].received("k1")[-1].body)

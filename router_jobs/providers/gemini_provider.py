@@ -17,6 +17,11 @@ come back without one get a fresh id). Images go as ``inlineData`` (base64) or `
 (URL with its media type). JSON output uses ``responseMimeType`` and ``responseJsonSchema``;
 reasoning ``effort`` is the thinking level, ``budget_tokens`` the thinking budget. Gemini caches
 prompt prefixes implicitly, so ``cache_control`` hints need nothing.
+
+Gemini 3 signs its function calls (``thoughtSignature``) and refuses a tool loop whose history
+lost the signature; a signed call is kept whole as a Gemini
+:class:`~router_jobs.request.ProviderPart` of the assistant message and sent back in place of
+the neutral call (other providers leave it out).
 """
 
 from __future__ import annotations
@@ -103,7 +108,19 @@ def _parts(msg: ChatMessage, where: str) -> list[types.Part]:
     return [p for i, part in enumerate(msg.content) if (p := _part(part, f"{where}.content[{i}]")) is not None]
 
 
-def _call_part(call: ToolCall, where: str) -> types.Part:
+def _signed_calls(msg: ChatMessage) -> list[types.Part]:
+    """The assistant's signed function-call parts, kept from Gemini's response."""
+    if isinstance(msg.content, str):
+        return []
+    kept = [types.Part.model_validate(p.data) for p in msg.content
+            if isinstance(p, ProviderPart) and p.provider == "gemini" and "function_call" in p.data]
+    return [p for p in kept if p.function_call is not None]
+
+
+def _call_part(call: ToolCall, where: str, signed: list[types.Part]) -> types.Part:
+    for i, part in enumerate(signed):
+        if part.function_call is not None and part.function_call.name == call.name:
+            return signed.pop(i)
     try:
         args = call.args()
     except ValueError:
@@ -136,10 +153,11 @@ def gemini_contents(messages: list[ChatMessage]) -> list[types.Content]:
             continue
         if m.role == "assistant":
             role = "model"
-            parts = _parts(m, where)
+            signed = _signed_calls(m)
+            parts = [p for p in _parts(m, where) if p.function_call is None]
             for j, call in enumerate(m.tool_calls):
                 names[call.id] = call.name
-                parts.append(_call_part(call, f"{where}.tool_calls[{j}]"))
+                parts.append(_call_part(call, f"{where}.tool_calls[{j}]", signed))
         elif m.role == "tool":
             role, parts = "user", [_result_part(m, names, where)]
         else:
@@ -267,6 +285,8 @@ class GeminiAdapter:
                      arguments=json.dumps(p.function_call.args or {}))
             for p in parts if p.function_call is not None
         ]
+        signed = [ProviderPart(provider="gemini", data=p.model_dump(mode="json", exclude_none=True))
+                  for p in parts if p.function_call is not None and p.thought_signature]
         if finish in _BLOCKING_FINISH and not text and not calls:
             raise ContentBlocked(f"{self.name}: answer blocked ({finish})", provider=self.name, status=200)
         details: dict[str, str] = {"finish_reason": str(finish)}
@@ -280,4 +300,5 @@ class GeminiAdapter:
             rate_limit=None,  # the Gemini API sends no rate-limit headers
             details=details,
             tool_calls=calls,
+            parts=signed,
         )
