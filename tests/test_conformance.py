@@ -394,3 +394,23 @@ def test_gemini_3_signed_function_calls_go_back_signed(servers: dict[str, FakePr
     get_adapter("openai").complete(ChatRequest.from_spec(spec, MODEL, [*question, reply, result]),
                                    KeyCredentials("k1", SECRET, servers["openai"].base_url, 10.0))
     assert "thought_signature" not in json.dumps(servers["openai"].received("k1")[-1].body)
+
+
+def test_anthropic_thinking_tool_loop_sends_its_thinking_block_back(servers: dict[str, FakeProviderServer]) -> None:
+    """With thinking on, Anthropic wants the last assistant turn to lead with its thinking
+    block; the conversation's reply message keeps it (and only Anthropic gets it)."""
+    server, creds = servers["anthropic"], KeyCredentials("k1", SECRET, servers["anthropic"].base_url, 10.0)
+    fields = {"model": MODEL, **TOOLS_ASK, "max_output_tokens": 4096, "reasoning": {"budget_tokens": 2048}}
+    spec = validate_spec(fields, Settings(), {MODEL: {"anthropic"}})
+    question = spec.chat_messages()
+    first = get_adapter("anthropic").complete(ChatRequest.from_spec(spec, MODEL, question), creds)
+    assert first.finish_reason == "tool_calls" and [p.data["type"] for p in first.parts] == ["thinking"]
+    reply = reply_message(first)
+    result = ChatMessage(role="tool", tool_call_id=first.tool_calls[0].id, content="sunny")
+    answer = get_adapter("anthropic").complete(ChatRequest.from_spec(spec, MODEL, [*question, reply, result]), creds)
+    assert answer.content == "echo: sunny"
+    sent = server.received("k1")[-1].body["messages"][1]["content"]
+    assert [b["type"] for b in sent] == ["thinking", "tool_use"]
+    bare = ChatMessage(role="assistant", tool_calls=first.tool_calls)
+    with pytest.raises(BadRequest, match="thinking"):
+        get_adapter("anthropic").complete(ChatRequest.from_spec(spec, MODEL, [*question, bare, result]), creds)

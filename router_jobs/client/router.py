@@ -98,7 +98,8 @@ def validate_spec(fields: dict[str, Any], settings: Settings,
     size = len(spec.model_dump_json())
     if size > settings.max_payload_bytes:
         raise JobValidationError(
-            "prompt", f"job is {size} bytes, over the {settings.max_payload_bytes}-byte limit"
+            "prompt" if spec.messages is None else "messages",
+            f"job is {size} bytes, over the {settings.max_payload_bytes}-byte limit",
         )
     if spec.deadline is not None and spec.deadline <= time.time():
         raise JobValidationError("deadline", "is already in the past")
