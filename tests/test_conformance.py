@@ -8,15 +8,19 @@ checked -- or is refused at submit with a :class:`JobValidationError` naming the
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import redis as redis_lib
 
 from fakeproviders import FakeProviderServer
-from router_jobs.client.router import validate_spec
+from router_jobs.capacity.config import parse_keys
+from router_jobs.client.async_router import AsyncRouter
+from router_jobs.client.router import Router, validate_spec
 from router_jobs.conversations.turns import reply_message
 from router_jobs.errors import BadRequest, ContentBlocked, JobValidationError
 from router_jobs.models import ChatMessage, JobSpec
@@ -414,3 +418,26 @@ def test_anthropic_thinking_tool_loop_sends_its_thinking_block_back(servers: dic
     bare = ChatMessage(role="assistant", tool_calls=first.tool_calls)
     with pytest.raises(BadRequest, match="thinking"):
         get_adapter("anthropic").complete(ChatRequest.from_spec(spec, MODEL, [*question, bare, result]), creds)
+
+
+def test_sync_and_async_submit_refuse_what_the_serving_provider_cannot_do(redis_url: str, namespace: str) -> None:
+    keys = parse_keys({"keys": [{"key_id": "a1", "model_name": "claude-x", "provider": "anthropic"},
+                                {"key_id": "g1", "model_name": "gemini-x", "provider": "gemini"}]})
+    router = Router(Settings(redis_url=redis_url, namespace=namespace), client=redis_lib.Redis.from_url(redis_url),
+                    keys=keys)
+    assert router.served_providers() == {"claude-x": {"anthropic"}, "gemini-x": {"gemini"}}
+    with pytest.raises(JobValidationError) as info:
+        router.submit("x", model="gemini-x", fallback_models=["claude-x"], seed=1)
+    assert info.value.field == "seed"
+
+    async def scenario() -> None:
+        arouter = AsyncRouter(router)
+        try:
+            with pytest.raises(JobValidationError) as ainfo:
+                await arouter.submit("x", model="claude-x", reasoning={"effort": "minimal"})
+            assert ainfo.value.field == "reasoning.effort"
+            assert (await arouter.submit("x", model="gemini-x", seed=1)).job_id
+        finally:
+            await arouter.aclose()
+
+    asyncio.run(scenario())
