@@ -21,7 +21,6 @@ from fakeproviders import FakeProviderServer
 from router_jobs.capacity.config import parse_keys
 from router_jobs.client.async_router import AsyncRouter
 from router_jobs.client.router import Router, validate_spec
-from router_jobs.conversations.turns import reply_message
 from router_jobs.errors import BadRequest, ContentBlocked, JobValidationError
 from router_jobs.models import ChatMessage, JobSpec
 from router_jobs.providers import ChatRequest, ChatResponse, KeyCredentials, get_adapter
@@ -383,7 +382,7 @@ def test_gemini_3_signed_function_calls_go_back_signed(servers: dict[str, FakePr
     question = spec.chat_messages()
     first = get_adapter("gemini").complete(ChatRequest.from_spec(spec, "gemini-3-pro", question), creds)
     assert len(first.parts) == 1 and first.parts[0].data["thought_signature"]
-    reply = reply_message(first)
+    reply = first.message()
     result = ChatMessage(role="tool", tool_call_id=first.tool_calls[0].id, content="sunny")
     answer = get_adapter("gemini").complete(
         ChatRequest.from_spec(spec, "gemini-3-pro", [*question, reply, result]), creds)
@@ -409,7 +408,7 @@ def test_anthropic_thinking_tool_loop_sends_its_thinking_block_back(servers: dic
     question = spec.chat_messages()
     first = get_adapter("anthropic").complete(ChatRequest.from_spec(spec, MODEL, question), creds)
     assert first.finish_reason == "tool_calls" and [p.data["type"] for p in first.parts] == ["thinking"]
-    reply = reply_message(first)
+    reply = first.message()
     result = ChatMessage(role="tool", tool_call_id=first.tool_calls[0].id, content="sunny")
     answer = get_adapter("anthropic").complete(ChatRequest.from_spec(spec, MODEL, [*question, reply, result]), creds)
     assert answer.content == "echo: sunny"

@@ -15,22 +15,11 @@ from dataclasses import dataclass
 
 from router_jobs.capacity.pool import Grant
 from router_jobs.conversations.store import ConversationStore, trim_to_budget
-from router_jobs.models import ChatMessage, JobSpec
-from router_jobs.providers.base import ChatResponse
-from router_jobs.request import ContentPart, TextPart
+from router_jobs.models import ChatMessage, JobSpec, Usage
 
 #: how long a turn at the head of the gate may go without checking in before later turns
 #: skip it (it was lost: e.g. dead-lettered). Longer than any call may legitimately take.
 DEFAULT_STALL_SECONDS = 20 * 60.0
-
-
-def reply_message(response: ChatResponse) -> ChatMessage:
-    """The assistant message a reply adds to a conversation, provider-neutral."""
-    text = response.refusal or response.content
-    content: str | list[ContentPart] = text
-    if response.parts:
-        content = [*response.parts, *([TextPart(text=text)] if text else [])]
-    return ChatMessage(role="assistant", content=content, tool_calls=list(response.tool_calls))
 
 
 @dataclass
@@ -62,14 +51,14 @@ class ChatTurns:
                                   lambda msgs: self.estimate_tokens(msgs, spec.model))
         return ([system] if system else []) + history + new
 
-    def record(self, job_id: str, spec: JobSpec, response: ChatResponse, grant: Grant) -> None:
-        """Append the turn (idempotent per job id): the job's messages, then the reply with its
-        tool calls (and any provider state to keep, such as Anthropic thinking blocks)."""
+    def record(self, job_id: str, spec: JobSpec, reply: ChatMessage, usage: Usage, grant: Grant) -> None:
+        """Append the turn (idempotent per job id): the job's messages, then the reply (with
+        its tool calls and any provider state to keep, see ``ChatResponse.message``)."""
         if spec.conversation_id is None:
             return
         self.store.append_turn(
-            spec.conversation_id, spec.turn_messages(), reply_message(response),
-            tokens=response.usage.total_tokens, model=grant.model, key_id=grant.key_id, provider=grant.provider,
+            spec.conversation_id, spec.turn_messages(), reply,
+            tokens=usage.total_tokens, model=grant.model, key_id=grant.key_id, provider=grant.provider,
             job_id=job_id,
         )
 

@@ -13,10 +13,12 @@ from typing import Protocol
 
 from router_jobs.models import ChatMessage, JobSpec, Usage
 from router_jobs.request import (
+    ContentPart,
     FinishReason,
     ProviderPart,
     Reasoning,
     ResponseFormat,
+    TextPart,
     Tool,
     ToolCall,
     ToolChoice,
@@ -89,6 +91,15 @@ class ChatResponse:
     tool_calls: list[ToolCall] = field(default_factory=list)
     refusal: str | None = None
     parts: list[ProviderPart] = field(default_factory=list)  # opaque state to keep in the conversation
+
+    def message(self) -> ChatMessage:
+        """The assistant message this reply adds to a conversation, provider-neutral: its text
+        (or refusal), its tool calls, and provider state to send back (``parts``)."""
+        text = self.refusal or self.content
+        content: str | list[ContentPart] = text
+        if self.parts:
+            content = [*self.parts, *([TextPart(text=text)] if text else [])]
+        return ChatMessage(role="assistant", content=content, tool_calls=list(self.tool_calls))
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ class Executor:
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)
         self.observer.provider_call(grant, seconds, None, response.usage)
         if self.chat is not None:
-            self.chat.record(job.job_id, spec, response, grant)
+            self.chat.record(job.job_id, spec, response.message(), response.usage, grant)
         if self.budgets is not None and self.key_cost is not None:
             cost = self.key_cost(grant.key_id)
             if cost is not None:
