@@ -40,7 +40,7 @@ TOOLS = [{"type": "function", "function": {"name": n, "description": f"{n} tool"
 PLAIN = {"model": "gpt-x", "messages": [{"role": "system", "content": "be brief"},
                                         {"role": "user", "content": "what is the weather in Paris?"}]}
 FULL = {
-    "model": "gpt-x", "tools": TOOLS, "tool_choice": "auto", "seed": 3,
+    "model": "gpt-x", "tools": TOOLS, "tool_choice": "auto",
     "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {
         "type": "object", "properties": {"summary": {"type": "string"}}}}},
     "messages": [

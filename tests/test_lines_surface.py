@@ -10,10 +10,12 @@ import pytest
 
 from fakeproviders import FakeProviderServer
 from router_jobs.batch.lines import LineError, body_fields, parse_line
+from router_jobs.batch.runner import output_record
 from router_jobs.client.router import validate_spec
 from router_jobs.errors import JobValidationError
+from router_jobs.models import JobResult, JobStatus
 from router_jobs.providers import ChatRequest, KeyCredentials, get_adapter
-from router_jobs.request import ImagePart, NamedToolChoice
+from router_jobs.request import ImagePart, NamedToolChoice, ToolCall
 from router_jobs.settings import Settings
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -110,3 +112,15 @@ def test_text_only_parts_stay_plain_text_and_batch_lines_carry_the_tools() -> No
     assert fields["messages"] == [{"role": "user", "content": "ab"}]
     line = parse_line(1, json.dumps({"custom_id": "c", "url": "/v1/chat/completions", "body": BODY}))
     assert line.fields["tools"][0]["name"] == "get_weather" and line.fields["seed"] == 11
+
+
+def test_batch_output_lines_carry_tool_calls_finish_reason_and_refusal() -> None:
+    call = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo"}')
+    result = JobResult(job_id="j", status=JobStatus.succeeded, content="", tool_calls=[call],
+                       finish_reason="tool_calls")
+    rec = output_record(3, "c3", {}, result=result)
+    assert rec["tool_calls"] == [{"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'}]
+    assert rec["finish_reason"] == "tool_calls" and "refusal" not in rec
+    refused = output_record(4, "c4", {}, result=JobResult(job_id="k", status=JobStatus.succeeded, content="",
+                                                          refusal="no", finish_reason="refusal"))
+    assert refused["refusal"] == "no" and "tool_calls" not in refused
