@@ -440,3 +440,21 @@ def test_sync_and_async_submit_refuse_what_the_serving_provider_cannot_do(redis_
             await arouter.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_in_process_fake_plays_the_same_agent() -> None:
+    """The ``fake`` provider (demos, tests without HTTP) answers tools as the fake servers do."""
+    fake = get_adapter("fake")
+    creds = KeyCredentials("f", "x")
+    spec = validate_spec({"model": "fake-model", **TOOLS_ASK, "tools": [WEATHER, TIME]}, Settings(),
+                         {"fake-model": {"fake"}})
+    first = fake.complete(ChatRequest.from_spec(spec, "fake-model", spec.chat_messages()), creds)
+    check_calls("get_weather", "get_time")("fake", first, {})
+    results = [ChatMessage(role="tool", tool_call_id=c.id, content=f"r{i}") for i, c in enumerate(first.tool_calls)]
+    done = fake.complete(ChatRequest.from_spec(spec, "fake-model", [*spec.chat_messages(), first.message(), *results]),
+                         creds)
+    assert done.content == "echo: r0 | r1" and done.finish_reason == "stop"
+    spec = validate_spec({"model": "fake-model", "prompt": "hi", "response_format": {
+        "type": "json_schema", "name": "answer", "json_schema": ANSWER_SCHEMA}}, Settings(), {"fake-model": {"fake"}})
+    answer = fake.complete(ChatRequest.from_spec(spec, "fake-model", spec.chat_messages()), creds)
+    assert json.loads(answer.content) == {"answer": "echo: hi", "confidence": 1.5}
