@@ -266,8 +266,11 @@ class FakeProviderServer:
                          parallel=req.parallel, schema=req.schema)
         text, calls = turn.text, turn.calls
         out_text = text + "".join(json.dumps(a) for _, a in calls)
+        cached = min(self.cached_tokens, in_tokens)
         usage = {"input": in_tokens, "output": estimate_text_tokens(out_text) + self.reasoning_tokens,
-                 "cached": min(self.cached_tokens, in_tokens), "reasoning": self.reasoning_tokens}
+                 "cached": cached, "reasoning": self.reasoning_tokens,
+                 # a marked prompt prefix is written to the cache (the uncached half, say)
+                 "cache_write": (in_tokens - cached) // 2 if req.cache_breakpoints else 0}
         headers = self._rate_headers(key)
         blocked = sc.name in ("blocked", "blocked_answer") or (sc.name == "refusal" and self.provider == "gemini")
         if blocked:

@@ -35,6 +35,7 @@ class RequestView:
     schema: dict[str, Any] | None = None
     images: int = 0
     thinking: bool = False
+    cache_breakpoints: int = 0  # Anthropic blocks and tools marked with cache_control
 
 
 class Invalid(ValueError):
@@ -243,6 +244,7 @@ def anthropic_view(body: dict[str, Any], headers: Mapping[str, str]) -> RequestV
     effort = (body.get("output_config") or {}).get("effort")
     _need(effort in (None, "low", "medium", "high", "xhigh", "max"), "output_config.effort: invalid")
     view.all_text = " ".join(texts)
+    view.cache_breakpoints = json.dumps(body).count('"cache_control"')
     return view
 
 

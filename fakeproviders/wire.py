@@ -210,9 +210,9 @@ def anthropic_success(model: str, text: str, usage: dict[str, int], stop: str = 
         "stop_reason": stop,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": usage["input"] - usage["cached"],
+            "input_tokens": usage["input"] - usage["cached"] - usage.get("cache_write", 0),
             "cache_read_input_tokens": usage["cached"],
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": usage.get("cache_write", 0),
             "output_tokens": usage["output"],
         },
     }

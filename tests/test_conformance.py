@@ -200,6 +200,7 @@ def check_cache(provider: str, resp: ChatResponse, body: Body) -> None:
         assert body["system"] == [{"type": "text", "text": "long stable instructions",
                                    "cache_control": {"type": "ephemeral"}}]
         assert body["tools"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+        assert resp.usage.cache_write_tokens > 0  # counted in input_tokens, as cache reads are
     else:  # caching is automatic there: the hint has nothing to map to, and nothing leaks
         assert "cache_control" not in json.dumps(body)
     assert resp.usage.cached_tokens == 2
@@ -310,6 +311,8 @@ def test_feature_works_or_is_refused_at_submit(servers: dict[str, FakeProviderSe
         return
     response, body = run(server, spec)
     feature.check(provider, response, body)
+    # every provider's usage comes back whole: all input tokens (cache reads and writes too)
+    assert response.usage.input_tokens == server.received("k1")[-1].input_tokens
 
 
 def test_a_job_is_checked_against_every_provider_of_its_models() -> None:
