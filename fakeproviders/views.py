@@ -342,6 +342,8 @@ def gemini_view(model: str, secret: str, body: dict[str, Any]) -> RequestView:
     thinking = gen.get("thinkingConfig") or {}
     _need(not ("thinkingBudget" in thinking and "thinkingLevel" in thinking),
           "thinking_budget and thinking_level are not supported together.")
+    _need(not (model.startswith("gemini-2") and "thinkingLevel" in thinking),
+          "Thinking level is not supported for this model.")
     view.thinking = bool(thinking)
     _need(not (model.startswith("gemini-3") and unsigned_calls),
           f"Function call is missing a thought_signature in functionCall parts ({', '.join(unsigned_calls)}). "

@@ -461,3 +461,13 @@ def test_the_in_process_fake_plays_the_same_agent() -> None:
         "type": "json_schema", "name": "answer", "json_schema": ANSWER_SCHEMA}}, Settings(), {"fake-model": {"fake"}})
     answer = fake.complete(ChatRequest.from_spec(spec, "fake-model", spec.chat_messages()), creds)
     assert json.loads(answer.content) == {"answer": "echo: hi", "confidence": 1.5}
+
+
+def test_gemini_2_models_get_an_effort_as_a_thinking_budget(servers: dict[str, FakeProviderServer]) -> None:
+    """Gemini 2.x takes no thinking level; the effort becomes the matching budget."""
+    spec = validate_spec({"model": "gemini-2.5-flash", "prompt": "hello", "reasoning": {"effort": "low"}},
+                         Settings(), {"gemini-2.5-flash": {"gemini"}})
+    server = servers["gemini"]
+    get_adapter("gemini").complete(ChatRequest.from_spec(spec, "gemini-2.5-flash", spec.chat_messages()),
+                                   KeyCredentials("k1", SECRET, server.base_url, 10.0))
+    assert server.received("k1")[-1].body["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}

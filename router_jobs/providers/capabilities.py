@@ -19,7 +19,7 @@ The table (``yes`` = mapped to the provider's own feature, ``-`` = refused at su
     tool result is_error       "[tool error] " prefix is_error                  {"error": ...}
     images in tool results     -                      yes                       -
     response_format json       json_object/json_schema output_config.format     responseMimeType/JsonSchema
-    reasoning effort           reasoning_effort       output_config.effort      thinkingLevel
+    reasoning effort           reasoning_effort       output_config.effort      thinkingLevel (2.x: budget)
       effort "minimal"         yes                    -                         yes
     reasoning budget_tokens    -                      thinking.budget_tokens    thinkingBudget
       (anthropic: 1024 <= budget < max_output_tokens; no forced tool_choice, no temperature)

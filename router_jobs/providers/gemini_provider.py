@@ -15,7 +15,8 @@ assistant's tool calls ``functionCall`` parts of a ``model`` turn and tool resul
 matches results to calls by name and order; call ids are kept on our side, and calls that
 come back without one get a fresh id). Images go as ``inlineData`` (base64) or ``fileData``
 (URL with its media type). JSON output uses ``responseMimeType`` and ``responseJsonSchema``;
-reasoning ``effort`` is the thinking level, ``budget_tokens`` the thinking budget. Gemini caches
+reasoning ``effort`` is the thinking level (Gemini 2.x models, which take only a budget, get
+the budget of :data:`EFFORT_BUDGETS`), ``budget_tokens`` the thinking budget. Gemini caches
 prompt prefixes implicitly, so ``cache_control`` hints need nothing.
 
 Gemini 3 signs its function calls (``thoughtSignature``) and refuses a tool loop whose history
@@ -183,6 +184,10 @@ def _tool_config(request: ChatRequest) -> types.ToolConfig | None:
     return types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode=value))
 
 
+#: Gemini 2.x models take a thinking budget, not a level: an effort maps to these budgets
+EFFORT_BUDGETS = {"minimal": 128, "low": 1024, "medium": 8192, "high": 24576}
+
+
 def _thinking(request: ChatRequest) -> types.ThinkingConfig | None:
     r = request.reasoning
     if r is None:
@@ -191,6 +196,8 @@ def _thinking(request: ChatRequest) -> types.ThinkingConfig | None:
         raise _bad("reasoning: gemini takes an effort or a budget_tokens, not both")
     if r.budget_tokens is not None:
         return types.ThinkingConfig(thinking_budget=r.budget_tokens)
+    if request.model.removeprefix("models/").startswith("gemini-2"):
+        return types.ThinkingConfig(thinking_budget=EFFORT_BUDGETS[str(r.effort)])
     return types.ThinkingConfig(thinking_level=types.ThinkingLevel(str(r.effort).upper()))
 
 
