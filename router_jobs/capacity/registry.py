@@ -222,6 +222,15 @@ class RegistryCache:
         """Every model that at least one active key serves, as last read."""
         return {m for k in self.keys.values() if k.active for m in k.served_models()}
 
+    def providers_by_model(self) -> dict[str, set[str]]:
+        """For every model an active key serves: the providers of those keys, as last read."""
+        out: dict[str, set[str]] = {}
+        for k in self.keys.values():
+            if k.active:
+                for m in k.served_models():
+                    out.setdefault(m, set()).add(k.provider)
+        return out
+
     def key(self, key_id: str) -> KeyConfig | None:
         """The config of ``key_id``; re-reads Redis once when it is not known."""
         cfg = self.current().keys.get(key_id)

@@ -9,8 +9,9 @@ thousands of jobs over one connection.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -29,6 +30,7 @@ from router_jobs.conversations.store import ConversationStore
 from router_jobs.errors import JobValidationError
 from router_jobs.jobs.records import JobStore, raise_for_result
 from router_jobs.models import JobHandle, JobResult, JobSpec
+from router_jobs.providers.capabilities import check_spec
 from router_jobs.settings import Settings
 
 JobRef = JobHandle | str
@@ -39,28 +41,63 @@ def job_id_of(job: JobRef) -> str:
     return job.job_id if isinstance(job, JobHandle) else str(job)
 
 
-def validate_spec(fields: dict[str, Any], settings: Settings, served: set[str] | None) -> JobSpec:
-    """Build and check a JobSpec; raise :class:`JobValidationError` naming the field."""
+_PART_TAGS = {"text", "image", "provider"}
+_TYPE_NAMES = {"str", "int", "float", "bool", "none"}
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+_FIELD_HINT = re.compile(r"^([a-z_][a-z0-9_.]*): (.+)$", re.S)
+
+
+def _error_field(exc: ValidationError) -> tuple[str, str]:
+    """The field path (``messages[1].content[0].url``) and reason of a pydantic error.
+
+    Of a union's errors (content is text or parts) the deepest is the telling one.
+    """
+    err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+    loc = ""
+    parts = list(err.get("loc", ()))
+    for i, p in enumerate(parts):
+        if isinstance(p, int):
+            loc += f"[{p}]"
+        elif i > 0 and isinstance(parts[i - 1], int) and p in _PART_TAGS:
+            continue  # the discriminator's tag of a content part, not a field
+        elif _FIELD.fullmatch(p) and p not in _TYPE_NAMES:  # else a union branch's type name
+            loc += ("." if loc else "") + p
+    msg = str(err.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    hint = _FIELD_HINT.match(msg)
+    if hint is not None:  # a model-level check names its field first: "tool_choice: needs tools"
+        loc = f"{loc}.{hint.group(1)}" if loc else hint.group(1)
+        msg = hint.group(2)
+    return loc or "job", msg
+
+
+def validate_spec(fields: dict[str, Any], settings: Settings,
+                  served: set[str] | Mapping[str, Iterable[str]] | None) -> JobSpec:
+    """Build and check a JobSpec; raise :class:`JobValidationError` naming the field.
+
+    ``served`` is the set of models the pool serves, or (better) a mapping from each served
+    model to its providers (``Router.served_providers()``): then every feature the job asks
+    for is checked against every provider that could run it
+    (:mod:`router_jobs.providers.capabilities`).
+    """
     try:
         spec = JobSpec.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "job"
-        msg = str(err.get("msg", "invalid"))
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if ": " in msg and loc == "job":
-            loc, msg = msg.split(": ", 1)
+        loc, msg = _error_field(exc)
         raise JobValidationError(loc, msg) from None
     if served is not None:
         for field_name, model in [("model", spec.model)] + [("fallback_models", m) for m in spec.fallback_models]:
             if model not in served:
                 known = ", ".join(sorted(served)) or "none"
                 raise JobValidationError(field_name, f"no active key serves model {model!r} (served: {known})")
+        if isinstance(served, Mapping):
+            check_spec(spec, served)
     size = len(spec.model_dump_json())
     if size > settings.max_payload_bytes:
         raise JobValidationError(
-            "prompt", f"job is {size} bytes, over the {settings.max_payload_bytes}-byte limit"
+            "prompt" if spec.messages is None else "messages",
+            f"job is {size} bytes, over the {settings.max_payload_bytes}-byte limit",
         )
     if spec.deadline is not None and spec.deadline <= time.time():
         raise JobValidationError("deadline", "is already in the past")
@@ -120,6 +157,10 @@ class Router:
     def served_models(self) -> set[str]:
         """Models some active key of the pool serves (from the registry in Redis)."""
         return self.pool.models()
+
+    def served_providers(self) -> dict[str, set[str]]:
+        """Each served model with the providers of the active keys that serve it."""
+        return self.pool.providers_by_model()
 
     def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
                on_rate_limit: str = "raise", **fields: Any) -> JobHandle:

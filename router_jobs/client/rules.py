@@ -31,7 +31,7 @@ def submit_steps(router: Router, fields: dict[str, Any], *, delay: float, on_rat
 
     if on_rate_limit not in ON_RATE_LIMIT:
         raise JobValidationError("on_rate_limit", "must be 'raise' or 'delay'")
-    served = yield from router.pool.models_steps()
+    served = yield from router.pool.providers_steps()  # model -> providers: capabilities checked too
     try:
         spec = validate_spec(fields, router.settings, served)
     except JobValidationError:
