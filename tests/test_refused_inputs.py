@@ -51,8 +51,10 @@ def queued(router: Router) -> int:
     ("kwargs", "field"),
     [
         ({"prompt": "hi \ud800 there"}, "prompt"),
-        ({"messages": [{"role": "user", "content": "\udfff"}]}, "messages.0.content"),
+        ({"messages": [{"role": "user", "content": "\udfff"}]}, "messages[0].content"),
         ({"prompt": "hi", "system_prompt": "\ud800"}, "system_prompt"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a\udc80"}]}]}, "messages[0].content"),
+        ({"prompt": "hi", "tools": [{"name": "t", "description": "\ud800"}]}, "job"),
         ({"prompt": "hi", "metadata": {"k": object()}}, "metadata"),
         ({"prompt": "hi", "metadata": {"k": {1, 2}}}, "metadata"),
         ({"prompt": "hi", "metadata": {"k": "\ud800"}}, "metadata"),

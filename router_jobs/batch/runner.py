@@ -153,7 +153,11 @@ def output_record(req_line: int, custom_id: str | None, metadata: dict[str, Any]
         rec["status"] = result.status.value
         if result.ok:
             rec.update(content=result.content, model=result.model, provider=result.provider, key_id=result.key_id,
-                       usage=result.usage.model_dump(), attempts=result.attempts)
+                       usage=result.usage.model_dump(), attempts=result.attempts, finish_reason=result.finish_reason)
+            if result.tool_calls:
+                rec["tool_calls"] = [c.model_dump() for c in result.tool_calls]
+            if result.refusal is not None:
+                rec["refusal"] = result.refusal
         else:
             rec["error"] = {"type": result.error_type or result.status.value, "message": result.error_message or ""}
     else:
@@ -268,7 +272,7 @@ class BatchRunner:
         try:
             req = parse_line(n, text)
             custom_id, metadata = req.custom_id, req.metadata
-            spec = validate_spec(self._fields(req), self.router.settings, self.router.served_models())
+            spec = validate_spec(self._fields(req), self.router.settings, self.router.served_providers())
         except LineError as exc:
             self._emit(n, output_record(n, exc.custom_id, metadata, error=(exc.kind, exc.message)), progress)
             return None

@@ -188,6 +188,15 @@ class RedisKeyPool:
         registry = yield from self.registry.refresh_steps()
         return registry.served_models()
 
+    def providers_by_model(self) -> dict[str, set[str]]:
+        """For every model an active key serves: the providers of those keys."""
+        return self.registry.current().providers_by_model()
+
+    def providers_steps(self) -> Steps[dict[str, set[str]]]:
+        """:meth:`providers_by_model` as a rule (for the asyncio client)."""
+        registry = yield from self.registry.refresh_steps()
+        return registry.providers_by_model()
+
     # ------------------------------------------------------------------ reserve / settle
     def _ms_args(self) -> list[int]:
         return [self.margin_ms, self.lease_grace_ms, self.record_keep_ms, self.concurrency_poll_ms, self.late_ms]

@@ -255,6 +255,15 @@ class RegistryCache:
         """The registry version last read (0: never written, -1: not read yet)."""
         return self._version
 
+    def providers_by_model(self) -> dict[str, set[str]]:
+        """For every model an active key serves: the providers of those keys, as last read."""
+        out: dict[str, set[str]] = {}
+        for k in self.keys.values():
+            if k.active:
+                for m in k.served_models():
+                    out.setdefault(m, set()).add(k.provider)
+        return out
+
     def key(self, key_id: str) -> KeyConfig | None:
         """The config of ``key_id``; re-reads Redis once when it is not known."""
         cfg = self.current().keys.get(key_id)

@@ -10,12 +10,14 @@ thousands of jobs over one connection.
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from router_jobs.admission.budgets import Budgets
 from router_jobs.admission.userlimits import UserLimiter
@@ -30,6 +32,7 @@ from router_jobs.conversations.store import ConversationStore
 from router_jobs.errors import JobValidationError
 from router_jobs.jobs.records import JobStore, raise_for_result
 from router_jobs.models import JobHandle, JobResult, JobSpec
+from router_jobs.providers.capabilities import check_spec
 from router_jobs.settings import Settings
 
 JobRef = JobHandle | str
@@ -54,28 +57,66 @@ def check_delay(delay: Any, settings: Settings) -> float:
     return float(delay)
 
 
-def validate_spec(fields: dict[str, Any], settings: Settings, served: set[str] | None) -> JobSpec:
-    """Build and check a JobSpec; raise :class:`JobValidationError` naming the field."""
+_PART_TAGS = {"text", "image", "provider"}
+_TYPE_NAMES = {"str", "int", "float", "bool", "none"}
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+_FIELD_HINT = re.compile(r"^([a-z_][a-z0-9_.]*): (.+)$", re.S)
+
+
+def _error_field(exc: ValidationError) -> tuple[str, str]:
+    """The field path (``messages[1].content[0].url``) and reason of a pydantic error.
+
+    Of a union's errors (content is text or parts) the deepest is the telling one.
+    """
+    err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+    loc = ""
+    parts = list(err.get("loc", ()))
+    for i, p in enumerate(parts):
+        if isinstance(p, int):
+            loc += f"[{p}]"
+        elif i > 0 and isinstance(parts[i - 1], int) and p in _PART_TAGS:
+            continue  # the discriminator's tag of a content part, not a field
+        elif _FIELD.fullmatch(p) and p not in _TYPE_NAMES:  # else a union branch's type name
+            loc += ("." if loc else "") + p
+    msg = str(err.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    hint = _FIELD_HINT.match(msg)
+    if hint is not None:  # a model-level check names its field first: "tool_choice: needs tools"
+        loc = f"{loc}.{hint.group(1)}" if loc else hint.group(1)
+        msg = hint.group(2)
+    return loc or "job", msg
+
+
+def validate_spec(fields: dict[str, Any], settings: Settings,
+                  served: set[str] | Mapping[str, Iterable[str]] | None) -> JobSpec:
+    """Build and check a JobSpec; raise :class:`JobValidationError` naming the field.
+
+    ``served`` is the set of models the pool serves, or (better) a mapping from each served
+    model to its providers (``Router.served_providers()``): then every feature the job asks
+    for is checked against every provider that could run it
+    (:mod:`router_jobs.providers.capabilities`).
+    """
     try:
         spec = JobSpec.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "job"
-        msg = str(err.get("msg", "invalid"))
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if ": " in msg and loc == "job":
-            loc, msg = msg.split(": ", 1)
+        loc, msg = _error_field(exc)
         raise JobValidationError(loc, msg) from None
     if served is not None:
         for field_name, model in [("model", spec.model)] + [("fallback_models", m) for m in spec.fallback_models]:
             if model not in served:
                 known = ", ".join(sorted(served)) or "none"
                 raise JobValidationError(field_name, f"no active key serves model {model!r} (served: {known})")
-    size = len(spec.model_dump_json())
+        if isinstance(served, Mapping):
+            check_spec(spec, served)
+    try:
+        size = len(spec.model_dump_json())
+    except PydanticSerializationError:  # text no field check caught (a tool's description ...)
+        raise JobValidationError("job", "holds text that is not valid Unicode (a lone surrogate)") from None
     if size > settings.max_payload_bytes:
         raise JobValidationError(
-            "prompt", f"job is {size} bytes, over the {settings.max_payload_bytes}-byte limit"
+            "prompt" if spec.messages is None else "messages",
+            f"job is {size} bytes, over the {settings.max_payload_bytes}-byte limit",
         )
     if spec.deadline is not None and spec.deadline <= time.time():
         raise JobValidationError("deadline", "is already in the past")
@@ -114,7 +155,7 @@ class Router:
                                  late_ms=settings.pool_late_ms)
         if keys is not None:
             self.pool.load(keys)
-        self._file_models: tuple[float, set[str]] | None = None
+        self._file_models: tuple[float, dict[str, set[str]]] | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:
@@ -144,15 +185,35 @@ class Router:
             return models
         return self._keys_file_models()
 
-    def _keys_file_models(self) -> set[str]:
+    def _keys_file_providers(self) -> dict[str, set[str]]:
+        """Model -> providers of the active keys of ``settings.keys_file`` (read, never applied)."""
         path = self.settings.keys_file
         try:
             mtime = path.stat().st_mtime
         except OSError:
-            return set()
+            return {}
         if self._file_models is None or self._file_models[0] != mtime:
-            self._file_models = (mtime, load_keys(path).models())
+            out: dict[str, set[str]] = {}
+            for k in load_keys(path).active_keys():
+                for m in k.served_models():
+                    out.setdefault(m, set()).add(k.provider)
+            self._file_models = (mtime, out)
         return self._file_models[1]
+
+    def _keys_file_models(self) -> set[str]:
+        return set(self._keys_file_providers())
+
+    def served_providers(self) -> dict[str, set[str]]:
+        """Each served model with the providers of the active keys that serve it (from the
+        keys file while the registry was never written, as :meth:`served_models`)."""
+        return drive(self.client, self.served_providers_steps())
+
+    def served_providers_steps(self) -> Steps[dict[str, set[str]]]:
+        """:meth:`served_providers` as a rule (for the asyncio client too)."""
+        providers = yield from self.pool.providers_steps()
+        if providers or self.pool.registry.version > 0:
+            return providers
+        return self._keys_file_providers()
 
     def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
                on_rate_limit: str = "raise", **fields: Any) -> JobHandle:

@@ -35,7 +35,7 @@ def submit_steps(router: Router, fields: dict[str, Any], *, delay: float, on_rat
 
     if on_rate_limit not in ON_RATE_LIMIT:
         raise JobValidationError("on_rate_limit", "must be 'raise' or 'delay'")
-    served = yield from router.served_models_steps()
+    served = yield from router.served_providers_steps()  # model -> providers: capabilities checked too
     try:
         delay = check_delay(delay, router.settings)
         spec = validate_spec(fields, router.settings, served)
