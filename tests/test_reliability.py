@@ -25,7 +25,7 @@ from router_jobs.client.router import Router
 from router_jobs.errors import BrokerError
 from router_jobs.jobs.records import JobStore, job_message
 from router_jobs.models import JobResult, JobStatus
-from router_jobs.ops.replay import MAX_REPLAYS, dlq_replay
+from router_jobs.ops.deadletters import MAX_REPLAYS, dlq_replay
 from router_jobs.settings import Settings
 from tests.redis_server import RedisServer
 from tests.workerpool import fake_key, write_keys
@@ -255,7 +255,7 @@ def test_replay_reopens_the_job_and_is_capped(rc: redis.Redis, tmp_path: Path) -
         rc.xadd(dead, {"m": fields[b"m"], "reason": "kept crashing"})
         rc.xdel(stream, entry_id)
 
-    for n in range(1, MAX_REPLAYS + 1):
+    for _ in range(MAX_REPLAYS):
         dead_letter_it()
         assert router.status(job).status == JobStatus.failed
         out = dlq_replay(rc, schema, "interactive")
