@@ -20,7 +20,7 @@ consumer. What a message goes through:
 * retries of failed messages are parked with ``defer.lua`` (``leaving.StreamRetries``).
 * graceful shutdown: prefetched entries are handed back (``requeue.lua``).
 
-The broker and its consumer stay in one module (about 500 lines) on purpose: they are two
+The broker and its consumer stay in one module (about 600 lines) on purpose: they are two
 halves of one protocol over the same keys and scripts, and reading one needs the other.
 
 Redis errors never end a consumer or its threads: the consumer logs them, backs off and
