@@ -21,7 +21,7 @@ from pydantic_core import PydanticSerializationError
 
 from router_jobs.admission.budgets import Budgets
 from router_jobs.admission.userlimits import UserLimiter
-from router_jobs.backend.connection import connect, resolve_redis_url
+from router_jobs.backend.connection import OUTAGE_BUDGET, connect, redis_call, resolve_redis_url
 from router_jobs.backend.ops import Steps, drive
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import KeysFile, load_keys
@@ -134,6 +134,9 @@ class Router:
         By default a Router never writes the registry: workers seed an empty one from their
         keys file, and operators change it (``routerctl keys apply``). Until some worker has
         seeded it, jobs are checked against the models of ``settings.keys_file``.
+      redis_budget: seconds the constructor and ``await_result`` keep retrying while Redis is
+        unreachable (a restart, a failover) before they raise :class:`BrokerError`; 0 fails
+        at the first error.
     """
 
     def __init__(
@@ -142,8 +145,10 @@ class Router:
         *,
         client: redis.Redis | None = None,
         keys: KeysFile | None = None,
+        redis_budget: float = OUTAGE_BUDGET,
     ) -> None:
         self.settings = settings
+        self.redis_budget = redis_budget
         self.url = resolve_redis_url(settings) if client is None else None
         self.client = client if client is not None else connect(self.url or "")
         self.schema = RedisSchema(settings.namespace)
@@ -154,7 +159,7 @@ class Router:
         self.pool = RedisKeyPool(self.client, self.schema, margin_ms=settings.pool_margin_ms,
                                  late_ms=settings.pool_late_ms)
         if keys is not None:
-            self.pool.load(keys)
+            redis_call("loading the key pool", lambda: self.pool.load(keys), budget=redis_budget)
         self._file_models: tuple[float, dict[str, set[str]]] | None = None
 
     @classmethod
@@ -287,9 +292,10 @@ class Router:
 
         Raises JobFailed, JobCancelled or JobExpired (also for an unknown job) for those
         endings, unless ``raise_on_error`` is False: then the result is returned as it is.
-        Raises JobTimeout when ``timeout`` seconds pass first.
+        Raises JobTimeout when ``timeout`` seconds pass first, and BrokerError when Redis stays
+        unreachable longer than ``redis_budget`` seconds (shorter outages are ridden out).
         """
-        with JobWaiter(self.client, self.schema) as waiter:
+        with JobWaiter(self.client, self.schema, redis_budget=self.redis_budget) as waiter:
             for result in waiter.results([job_id_of(job)], timeout):
                 return raise_for_result(result) if raise_on_error else result
         raise AssertionError("unreachable: results() yields the job's ending or raises")
@@ -304,7 +310,7 @@ class Router:
 
         One pub/sub connection serves any number of jobs. Raises JobTimeout (naming one of
         the unfinished jobs) when ``timeout`` seconds pass before all ended; an unknown or
-        expired job is yielded as an ``expired`` result.
+        expired job is yielded as an ``expired`` result. Redis outages: as for ``await_result``.
         """
-        with JobWaiter(self.client, self.schema) as waiter:
+        with JobWaiter(self.client, self.schema, redis_budget=self.redis_budget) as waiter:
             yield from waiter.results([job_id_of(j) for j in jobs], timeout)

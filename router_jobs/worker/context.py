@@ -25,6 +25,7 @@ from router_jobs.providers.base import KeyCredentials
 from router_jobs.secrets.redaction import install_log_redaction
 from router_jobs.secrets.stores import build_secret_store
 from router_jobs.tokens import estimate_tokens
+from router_jobs.worker.endings import JobEndings
 from router_jobs.worker.executor import Executor
 from router_jobs.worker.middleware import install_worker_metrics
 from router_jobs.worker.setup import broker, settings
@@ -127,3 +128,4 @@ def executor() -> Executor:
 
 
 broker.add_middleware(WarmUp())
+broker.add_middleware(JobEndings(lambda: executor().abandon))

@@ -164,6 +164,37 @@ class Executor:
             return self._wait(job, queue, decision, defer, request.reservation_id, max_wait_left)
         return self._call(job, queue, decision, messages, defer)
 
+    def abandon(self, job_id: str, queue: str, error_type: str, reason: str) -> bool:
+        """End a job whose message leaves the broker for good (dead-lettered) as ``failed``
+        with ``reason``, exactly once, waking its awaiters; release its conversation turn.
+
+        Returns True when this call ended the job (False: it had ended, or is gone).
+        """
+        current = self.jobs.get(job_id)
+        if current is None or current.status.terminal:
+            return False
+        spec = self.jobs.spec(job_id)
+        redactor = getattr(self.secrets, "redactor", None)
+        if redactor is not None:
+            reason = redactor.redact(reason)
+        started_at = current.started_at
+        result = JobResult(
+            job_id=job_id, status=JobStatus.failed, attempts=current.attempts,
+            queued_at=current.queued_at, started_at=started_at, finished_at=time.time(),
+            queue_wait=(max(0.0, started_at - current.queued_at)
+                        if started_at is not None and current.queued_at is not None else None),
+            error_type=error_type, error_message=reason,
+            conversation_id=current.conversation_id, metadata=current.metadata,
+        )
+        ended = self.jobs.finish(result, queue=queue) == 1
+        if spec is not None:
+            if ended:
+                self.observer.job_finished(spec, result)
+            if self.chat is not None:
+                self.chat.finish(spec)
+        log.warning("job %s ended %s: %s", job_id, error_type, reason)
+        return ended
+
     # -- steps ------------------------------------------------------------------------------
     def _wait(self, job: StartedJob, queue: str, wait: Wait, defer: Callable[[int], None],
               reservation_id: str, max_wait_left: float) -> str:
@@ -218,6 +249,11 @@ class Executor:
             excluded = job.excluded | {grant.key_id} if isinstance(exc, errors.KeyInvalid) else job.excluded
             delay = 0 if exc.key_fault else backoff_ms(attempts)
             return self._retry(job, queue, attempts, excluded, delay, defer, exc.error_type, str(exc), grant)
+        except Exception:
+            # an adapter bug: free the estimate, then let Dramatiq's retries (and, once they
+            # are exhausted, the dead-letter ending) take over
+            self.pool.settle(grant, None)
+            raise
         seconds = time.monotonic() - started
         self.pool.settle(grant, response.usage)
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)
