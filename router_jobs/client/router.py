@@ -160,6 +160,9 @@ class Router:
                                  late_ms=settings.pool_late_ms)
         if keys is not None:
             redis_call("loading the key pool", lambda: self.pool.load(keys), budget=redis_budget)
+        else:  # read, never write: and a Redis that stays down is reported here, not at submit
+            redis_call("reading the key registry", lambda: self.pool.registry.current(force=True),
+                       budget=redis_budget)
         self._file_models: tuple[float, dict[str, set[str]]] | None = None
 
     @classmethod
