@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -208,7 +209,8 @@ class GeminiStream:
                     if part.function_call is not None:
                         fc = part.function_call
                         yield StreamChunk(tool_call=ToolCallFragment(
-                            index=calls, id=fc.id, name=fc.name, arguments=json.dumps(fc.args or {})))
+                            index=calls, id=fc.id or f"call_{uuid.uuid4().hex[:24]}", name=fc.name,
+                            arguments=json.dumps(fc.args or {})))
                         calls += 1
                 if chunk.usage_metadata is not None:
                     yield StreamChunk(usage=_usage(chunk.usage_metadata))

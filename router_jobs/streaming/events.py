@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from router_jobs.models import Usage
+from router_jobs.request import ToolCall
 
 EventType = Literal[
     "state", "started", "delta", "tool_call_delta", "usage", "attempt_restarted", "done", "error"
@@ -96,6 +97,10 @@ class AssembledToolCall(BaseModel):
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+
+    def to_tool_call(self) -> ToolCall:
+        """The call as a result carries it (see :class:`~router_jobs.request.ToolCall`)."""
+        return ToolCall(id=self.id or f"call_{self.index}", name=self.name or "unnamed", arguments=self.arguments or "{}")
 
 
 class StreamAssembler(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from router_jobs.errors import ContentBlocked, ProviderError
 from router_jobs.models import JobResult, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
+from router_jobs.request import FinishReason, ToolCall
 from router_jobs.streaming.events import ATTEMPT_EVENTS, StreamEvent, ToolCallDelta
 from router_jobs.streaming.log import EventLog
 
@@ -53,7 +54,7 @@ class LiveAttempt:
         parts: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
-        tools = 0
+        calls: dict[int, dict[str, str]] = {}
         try:
             for chunk in stream:
                 if chunk.text:
@@ -61,7 +62,10 @@ class LiveAttempt:
                     self.writer.emit(StreamEvent(type="delta", attempt=self.attempt, text=chunk.text))
                 if chunk.tool_call is not None:
                     frag = chunk.tool_call
-                    tools += 1
+                    call = calls.setdefault(frag.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = call["id"] or (frag.id or "")
+                    call["name"] = call["name"] or (frag.name or "")
+                    call["arguments"] += frag.arguments
                     self.writer.emit(StreamEvent(type="tool_call_delta", attempt=self.attempt, tool_call=ToolCallDelta(
                         index=frag.index, id=frag.id, name=frag.name, arguments=frag.arguments)))
                 if chunk.usage is not None:
@@ -71,13 +75,16 @@ class LiveAttempt:
         finally:
             stream.close()
         content = "".join(parts)
-        if finish in ("content_filter", "refusal") and not content and not tools:
+        if finish in ("content_filter", "refusal") and not content and not calls:
             raise ContentBlocked(f"{provider}: answer withheld ({finish})", provider=provider, status=200)
         if usage is not None:
             self.writer.emit(StreamEvent(type="usage", attempt=self.attempt, usage=usage))
         self.writer.drain()
+        tool_calls = [ToolCall(id=c["id"] or f"call_{i}", name=c["name"] or "unnamed",
+                               arguments=c["arguments"] or "{}") for i, c in sorted(calls.items())]
         return ChatResponse(content=content, usage=usage or Usage(), model=stream.model or request.model,
-                            finish_reason=finish, rate_limit=stream.rate_limit)
+                            finish_reason=neutral_finish(finish, len(tool_calls)), rate_limit=stream.rate_limit,
+                            details={"finish_reason": finish} if finish else {}, tool_calls=tool_calls)
 
     def _started(self, model: str, provider: str, key_id: str) -> None:
         self.started = True
@@ -96,12 +103,30 @@ class LiveAttempt:
         self.writer.close()
 
 
-def ending_event(result: JobResult, finish_reason: str | None = None) -> StreamEvent:
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop", "end_turn": "stop", "stop_sequence": "stop", "STOP": "stop",
+    "length": "length", "max_tokens": "length", "MAX_TOKENS": "length",
+    "tool_calls": "tool_calls", "function_call": "tool_calls", "tool_use": "tool_calls",
+    "content_filter": "content_filter", "SAFETY": "content_filter", "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+    "refusal": "refusal",
+}
+
+
+def neutral_finish(raw: str | None, tool_calls: int) -> FinishReason | None:
+    """The neutral finish reason of a provider's own word (Gemini says STOP after a call)."""
+    if raw is None:
+        return None
+    reason = _FINISH.get(raw, "other")
+    return "tool_calls" if tool_calls and reason == "stop" else reason
+
+
+def ending_event(result: JobResult) -> StreamEvent:
     """The ``done`` or ``error`` event for a job's result."""
     attempt = result.attempts or None
     if result.status == JobStatus.succeeded:
         return StreamEvent(type="done", attempt=attempt, model=result.model, provider=result.provider,
-                           key_id=result.key_id, usage=result.usage, finish_reason=finish_reason)
+                           key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason)
     return StreamEvent(type="error", attempt=attempt, error_type=result.error_type or result.status.value,
                        message=result.error_message or f"job {result.status.value}")
 

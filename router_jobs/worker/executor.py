@@ -28,6 +28,7 @@ from router_jobs.conversations.turns import ChatTurns
 from router_jobs.jobs.records import JobStore, StartedJob
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, KeyCredentials, ProviderAdapter
+from router_jobs.request import FinishReason, ToolCall
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
 from router_jobs.streaming.live import LiveAttempt, ending_event, waiting_event
 from router_jobs.streaming.log import EventLog
@@ -246,7 +247,7 @@ class Executor:
         return self._end(
             job, queue, JobStatus.succeeded, None, None, attempts=attempts, grant=grant,
             content=response.content, usage=response.usage, provider_time=seconds,
-            finish_reason=response.finish_reason,
+            finish_reason=response.finish_reason, tool_calls=response.tool_calls,
         )
 
     def _retry(self, job: StartedJob, queue: str, attempts: int, excluded: frozenset[str], delay: int,
@@ -268,7 +269,7 @@ class Executor:
     def _end(self, job: StartedJob, queue: str, status: JobStatus, error_type: str | None,
              error_message: str | None, *, attempts: int | None = None, grant: Grant | None = None,
              content: str | None = None, usage: Usage | None = None, provider_time: float | None = None,
-             finish_reason: str | None = None) -> str:
+             finish_reason: FinishReason | None = None, tool_calls: list[ToolCall] | None = None) -> str:
         spec = job.spec
         finished = time.time()
         result = JobResult(
@@ -289,10 +290,12 @@ class Executor:
             error_message=error_message,
             conversation_id=spec.conversation_id,
             metadata=spec.metadata,
+            finish_reason=finish_reason,
+            tool_calls=tool_calls or [],
         )
         if self.jobs.finish(result, queue=queue) == 1:
             if spec.stream and self.events is not None:  # after the record: readers fall back to it
-                self.events.append(job.job_id, [ending_event(result, finish_reason)])
+                self.events.append(job.job_id, [ending_event(result)])
             self.observer.job_finished(spec, result)
         if self.chat is not None:
             self.chat.finish(spec)
