@@ -247,7 +247,7 @@ class FakeProviderServer:
         if delay > 0:
             self._stopping.wait(delay)
         streamed = _streamed(self.provider, parsed.path, body)
-        if streamed and scenario.name in ("ok", "slow", "tool_call", "stream_error"):
+        if streamed and scenario.name in ("ok", "slow", "tool_call", "stream_error", "stream_cut"):
             reply = self._stream_reply(scenario, key, model, prompt_text, in_tokens, body)
         else:
             reply = self._reply(scenario, key, secret, model, prompt_text, in_tokens, wait)

@@ -16,7 +16,8 @@
 A stream answers the scenarios ``ok`` (the echo text, a word per event), ``tool_call`` (a call
 of the request's first tool, or ``lookup``, with arguments ``{"query": <prompt>}``) and
 ``stream_error`` (``after`` text events, then an error event of ``kind``: ``overloaded``,
-``server_error``, ``rate_limit`` or ``bad_request``). ``chunk_delay`` (seconds) paces any of them.
+``server_error``, ``rate_limit`` or ``bad_request``) and ``stream_cut`` (``after`` text
+events, then the stream ends with no finish). ``chunk_delay`` (seconds) paces any of them.
 """
 
 from __future__ import annotations
@@ -88,9 +89,11 @@ def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
         finish = "tool_calls"
     else:
         parts = pieces(text)
-        if sc.name == "stream_error":
+        if sc.name in ("stream_error", "stream_cut"):
             parts = parts[:int(sc.num("after", 2))]
         out += [chunk({"content": p}) for p in parts]
+        if sc.name == "stream_cut":
+            return out
         if sc.name == "stream_error":
             kind = sc.options.get("kind", "server_error")
             etype, code = {"rate_limit": ("requests", "rate_limit_exceeded"),
@@ -132,10 +135,12 @@ def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int],
                                                   "content_block": {"type": "text", "text": ""}}))
         out.append(_event("ping", {"type": "ping"}))
         parts = pieces(text)
-        if sc.name == "stream_error":
+        if sc.name in ("stream_error", "stream_cut"):
             parts = parts[:int(sc.num("after", 2))]
         out += [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                "delta": {"type": "text_delta", "text": p}}) for p in parts]
+        if sc.name == "stream_cut":
+            return out
         if sc.name == "stream_error":
             kind = sc.options.get("kind", "overloaded")
             etype, msg = {"server_error": ("api_error", "Internal server error"),
@@ -170,6 +175,8 @@ def gemini_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
         call = {"functionCall": {"name": tool_name("gemini", body), "args": {"query": text.removeprefix("echo: ")}}}
         return [chunk([call], "STOP", final=True)]
     parts = pieces(text)
+    if sc.name == "stream_cut":
+        return [chunk([{"text": p}]) for p in parts[:int(sc.num("after", 2))]]
     if sc.name == "stream_error":
         kind = sc.options.get("kind", "overloaded")
         code, status, msg = {"server_error": (500, "INTERNAL", "An internal error has occurred."),

@@ -23,7 +23,7 @@ from tests.workerpool import WorkerPool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash"}
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-opus-4-6", "gemini": "gemini-2.5-flash"}
 PROVIDERS = tuple(MODELS)
 PROMPT = "tell me a story about seven small ducks crossing the river at dawn"
 
