@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -401,7 +402,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_events(self, reply: Reply) -> None:
-        """A server-sent event stream, chunked (the connection stays open for the next call)."""
+        """A server-sent event stream, chunked (the connection stays open for the next call).
+
+        Each event leaves at once, as from a real provider: no Nagle delay between the small
+        writes (which the client's delayed ACK would stretch to tens of milliseconds)."""
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.send_response(reply.status)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
