@@ -77,7 +77,7 @@ def test_deltas_arrive_in_order_and_assemble_to_the_result(system: System, provi
     job = system.router.submit(PROMPT, model=MODELS[provider], stream=True)
     events = collect(system.router, job)
     kinds = [e.type for e in events]
-    assert kinds[0] == "state" and events[0].status == "queued"
+    assert kinds[0] == "state" and events[0].status == "queued" and events[0].position is not None
     assert kinds[1] == "started" and events[1].provider == provider and events[1].key_id == f"{provider}-1"
     assert events[1].model and events[1].attempt == 1
     assert kinds[-1] == "done"

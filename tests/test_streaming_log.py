@@ -86,6 +86,16 @@ def test_the_assembler_voids_an_abandoned_attempt() -> None:
     assert acc.text == "whole answer" and acc.restarts == 1 and acc.finish_reason == "stop"
 
 
+def test_a_late_event_of_another_attempt_never_mixes_in() -> None:
+    acc = StreamAssembler()
+    for ev in [StreamEvent(type="started", attempt=1), delta("a"), StreamEvent(type="started", attempt=2),
+               delta("late", attempt=1), delta("fresh", attempt=2)]:
+        acc.feed(ev)
+    assert acc.text == "fresh"
+    acc.feed(StreamEvent(type="done", attempt=1))  # attempt 1 won after all: its answer is the result
+    assert acc.text == "alate"
+
+
 def _job(r: redis.Redis, schema: RedisSchema, status: JobStatus = JobStatus.queued,
          content: str | None = None) -> str:
     store = JobStore(r, schema)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from router_jobs.models import Usage
 from router_jobs.request import ToolCall
@@ -103,38 +103,74 @@ class AssembledToolCall(BaseModel):
         return ToolCall(id=self.id or f"call_{self.index}", name=self.name or "unnamed", arguments=self.arguments or "{}")
 
 
-class StreamAssembler(BaseModel):
-    """Folds events into the answer so far. ``attempt_restarted`` voids what came before it."""
+class StreamAssembler:
+    """Folds events into the answer so far, keeping each attempt's output apart.
 
-    text: str = ""
-    tool_calls: list[AssembledToolCall] = Field(default_factory=list)
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    restarts: int = 0
-    ended: StreamEvent | None = None
+    ``attempt_restarted`` voids what its attempt streamed; a late event of an attempt other
+    than the latest one never mixes into it; at ``done`` the answer is that of the attempt
+    that won (``done.attempt``), which is the one the job's result holds.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[int, str] = {}
+        self._calls: dict[int, list[AssembledToolCall]] = {}
+        self._usage: dict[int, Usage] = {}
+        self.current: int | None = None  # the attempt being assembled
+        self.restarts = 0
+        self.finish_reason: str | None = None
+        self.ended: StreamEvent | None = None
+
+    @property
+    def text(self) -> str:
+        """The chosen attempt's text."""
+        return self._texts.get(self._chosen(), "")
+
+    @property
+    def tool_calls(self) -> list[AssembledToolCall]:
+        """The chosen attempt's tool calls, in index order."""
+        return sorted(self._calls.get(self._chosen(), []), key=lambda c: c.index)
+
+    @property
+    def usage(self) -> Usage | None:
+        """Usage of the chosen attempt (the job's, once ended)."""
+        return self._usage.get(self._chosen())
+
+    def _chosen(self) -> int:
+        if self.ended is not None and self.ended.attempt is not None:
+            return self.ended.attempt
+        return self.current or 0
 
     def feed(self, event: StreamEvent) -> None:
         """Take the next event into account."""
-        if event.type == "delta" and event.text:
-            self.text += event.text
+        attempt = event.attempt or self.current or 0
+        if event.type == "started":
+            self.current = attempt
+            self._texts[attempt], self._calls[attempt] = "", []
+            self._usage.pop(attempt, None)
+        elif event.type == "delta" and event.text:
+            self.current = self.current or attempt
+            self._texts[attempt] = self._texts.get(attempt, "") + event.text
         elif event.type == "tool_call_delta" and event.tool_call is not None:
-            self._tool(event.tool_call)
+            self._tool(attempt, event.tool_call)
         elif event.type == "usage" and event.usage is not None:
-            self.usage = event.usage
+            self._usage[attempt] = event.usage
         elif event.type == "attempt_restarted":
-            self.text, self.tool_calls, self.usage = "", [], None
+            self._texts.pop(attempt, None)
+            self._calls.pop(attempt, None)
+            self._usage.pop(attempt, None)
             self.restarts += 1
         elif event.terminal:
             self.ended = event
             if event.usage is not None:
-                self.usage = event.usage
+                self._usage[attempt] = event.usage
             self.finish_reason = event.finish_reason
 
-    def _tool(self, frag: ToolCallDelta) -> None:
-        call = next((c for c in self.tool_calls if c.index == frag.index), None)
+    def _tool(self, attempt: int, frag: ToolCallDelta) -> None:
+        calls = self._calls.setdefault(attempt, [])
+        call = next((c for c in calls if c.index == frag.index), None)
         if call is None:
             call = AssembledToolCall(index=frag.index)
-            self.tool_calls.append(call)
+            calls.append(call)
         call.id = call.id or frag.id
         call.name = call.name or frag.name
         call.arguments += frag.arguments

@@ -63,13 +63,15 @@ class StreamCursor:
                                 message=result.error_message or f"job {result.status.value}")]
         out: list[StreamEvent] = []
         content = result.content or ""
-        if self.from_start and self.assembler.text != content:
-            if self.assembler.text or self.assembler.tool_calls:  # never splice: void what was read
-                out.append(StreamEvent(type="attempt_restarted", reason="resynced",
+        attempt = result.attempts or None
+        acc = self.assembler
+        if self.from_start and acc.text != content:
+            if acc.text or acc.tool_calls:  # never splice: void what was read
+                out.append(StreamEvent(type="attempt_restarted", attempt=acc.current, reason="resynced",
                                        message="the stream disagreed with the result; the result's text follows"))
-            out.append(StreamEvent(type="delta", attempt=result.attempts or None, text=content))
-        out.append(StreamEvent(type="done", attempt=result.attempts or None, model=result.model,
-                               provider=result.provider, key_id=result.key_id, usage=result.usage))
+            out.append(StreamEvent(type="delta", attempt=attempt, text=content))
+        out.append(StreamEvent(type="done", attempt=attempt, model=result.model, provider=result.provider,
+                               key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason))
         for ev in out:
             self.assembler.feed(ev)
         return out

@@ -178,8 +178,8 @@ class Executor:
             return self._end(job, queue, JobStatus.expired, "expired",
                              f"no key had room before the deadline ({wait.reason})")
         self.jobs.park(job.job_id, attempts=job.attempts, excluded=job.excluded)
+        self._state(job, "waiting for capacity", delay)  # before the job can be taken up again
         defer(delay)
-        self._state(job, "waiting for capacity", delay)
         self.observer.job_deferred(spec, delay, wait.reason)
         return "deferred"
 
@@ -257,8 +257,8 @@ class Executor:
                              f"gave up after {attempts} attempts; last error: {message}",
                              attempts=attempts, grant=grant)
         self.jobs.park(job.job_id, attempts=attempts, excluded=excluded)
+        self._state(job, f"retrying after {error_type}", delay)  # before the job can be taken up again
         defer(delay)
-        self._state(job, f"retrying after {error_type}", delay)
         self.observer.job_deferred(job.spec, delay, error_type)
         return "deferred"
 
