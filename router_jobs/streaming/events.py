@@ -4,7 +4,7 @@ A job submitted with ``stream=True`` gets an event stream in Redis. Its events, 
 
 * ``state`` — the job waits: ``status`` (``queued``), ``position`` (jobs ahead in its queue at
   submit, approximate), ``eta_ms`` (when a worker sent it back to wait for room), ``reason``;
-* ``started`` — an attempt began streaming: ``attempt``, ``model``, ``provider``, ``key_id``;
+* ``started`` — an attempt is calling the provider: ``attempt``, ``model``, ``provider``, ``key_id``;
 * ``delta`` — the next piece of text (``text``);
 * ``tool_call_delta`` — the next piece of a tool call (``tool_call``: index, id, name and a
   fragment of the arguments' JSON text);

@@ -40,17 +40,18 @@ class LiveAttempt:
 
     def run(self, adapter: ProviderAdapter, request: ChatRequest, creds: KeyCredentials, provider: str) -> ChatResponse:
         """Call the provider, streaming when the adapter can (else one delta with the answer)."""
+        # ``started`` goes out while the call is made: its round trip overlaps the provider's
+        # first byte, and a reader learns which model serves the job before the answer begins
+        self._started(request.model, provider, creds.key_id)
         open_stream = getattr(adapter, "open_stream", None)
         if open_stream is None:
             response = adapter.complete(request, creds)
-            self._started(response.model, provider, creds.key_id)
             if response.content:
                 self.writer.emit(StreamEvent(type="delta", attempt=self.attempt, text=response.content))
             self.writer.emit(StreamEvent(type="usage", attempt=self.attempt, usage=response.usage))
             self.writer.drain()
             return response
         stream = open_stream(request, creds)
-        self._started(stream.model, provider, creds.key_id)
         parts: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
