@@ -182,3 +182,5 @@ def test_endings_and_finish_reasons() -> None:
     assert (ending_event(bad).type, ending_event(bad).error_type) == ("error", "bad_request")
     assert neutral_finish("end_turn", 0) == "stop" and neutral_finish("STOP", 1) == "tool_calls"
     assert neutral_finish("MAX_TOKENS", 0) == "length" and neutral_finish("weird", 0) == "other"
+    for neutral in ("stop", "length", "tool_calls", "content_filter", "refusal", "other"):
+        assert neutral_finish(neutral, 0) == neutral  # a reason already neutral stays

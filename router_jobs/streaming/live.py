@@ -110,12 +110,13 @@ _FINISH: dict[str, FinishReason] = {
     "tool_calls": "tool_calls", "function_call": "tool_calls", "tool_use": "tool_calls",
     "content_filter": "content_filter", "SAFETY": "content_filter", "RECITATION": "content_filter",
     "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
-    "refusal": "refusal",
+    "refusal": "refusal", "other": "other",
 }
 
 
 def neutral_finish(raw: str | None, tool_calls: int) -> FinishReason | None:
-    """The neutral finish reason of a provider's own word (Gemini says STOP after a call)."""
+    """The neutral finish reason of a provider's own word (Gemini says STOP after a call);
+    a reason that is already neutral stays as it is."""
     if raw is None:
         return None
     reason = _FINISH.get(raw, "other")

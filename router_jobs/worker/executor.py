@@ -30,7 +30,7 @@ from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, KeyCredentials, ProviderAdapter
 from router_jobs.request import FinishReason, ToolCall
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
-from router_jobs.streaming.live import LiveAttempt, ending_event, waiting_event
+from router_jobs.streaming.live import LiveAttempt, ending_event, neutral_finish, waiting_event
 from router_jobs.streaming.log import EventLog
 
 log = logging.getLogger("router_jobs.worker")
@@ -247,7 +247,8 @@ class Executor:
         return self._end(
             job, queue, JobStatus.succeeded, None, None, attempts=attempts, grant=grant,
             content=response.content, usage=response.usage, provider_time=seconds,
-            finish_reason=response.finish_reason, tool_calls=response.tool_calls,
+            finish_reason=neutral_finish(response.finish_reason, len(response.tool_calls)),
+            tool_calls=response.tool_calls,
         )
 
     def _retry(self, job: StartedJob, queue: str, attempts: int, excluded: frozenset[str], delay: int,
