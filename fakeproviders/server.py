@@ -247,7 +247,7 @@ class FakeProviderServer:
         delay = self.latency + (scenario.num("seconds", 2.0) if scenario.name == "slow" else 0.0)
         if delay > 0:
             self._stopping.wait(delay)
-        streamed = _streamed(self.provider, parsed.path, body)
+        streamed = sse.is_streamed(self.provider, parsed.path, body)
         if streamed and scenario.name in ("ok", "slow", "tool_call", "stream_error", "stream_cut"):
             reply = self._stream_reply(scenario, key, model, prompt_text, in_tokens, body)
         else:
@@ -294,12 +294,6 @@ def _as_limit(v: KeyLimit | Mapping[str, float]) -> KeyLimit:
     req = v.get("requests", v.get("rpm"))
     tok = v.get("tokens", v.get("tpm"))
     return KeyLimit(None if req is None else int(req), None if tok is None else int(tok), float(v.get("window", 60.0)))
-
-
-def _streamed(provider: str, path: str, body: dict[str, Any]) -> bool:
-    if provider == "gemini":
-        return path.endswith(":streamGenerateContent")
-    return bool(body.get("stream"))
 
 
 def _output_tokens(provider: str, body: dict[str, Any]) -> int:

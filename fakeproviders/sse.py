@@ -33,6 +33,13 @@ from fakeproviders.wire import Scenario
 _PIECE = re.compile(r"\S+\s*|\s+")
 
 
+def is_streamed(provider: str, path: str, body: dict[str, Any]) -> bool:
+    """Whether a request asks for a streamed answer (Gemini: by its method; others: ``stream``)."""
+    if provider == "gemini":
+        return path.endswith(":streamGenerateContent")
+    return bool(body.get("stream"))
+
+
 def pieces(text: str) -> list[str]:
     """The text cut into the pieces a model would stream (a word and its trailing space each)."""
     return _PIECE.findall(text) or [text]

@@ -184,3 +184,22 @@ def test_endings_and_finish_reasons() -> None:
     assert neutral_finish("MAX_TOKENS", 0) == "length" and neutral_finish("weird", 0) == "other"
     for neutral in ("stop", "length", "tool_calls", "content_filter", "refusal", "other"):
         assert neutral_finish(neutral, 0) == neutral  # a reason already neutral stays
+
+
+class _Broken:
+    """An adapter with a bug (not a provider error)."""
+
+    name = "broken"
+
+    def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
+        raise RuntimeError("a bug")
+
+
+def test_a_failure_that_is_not_the_providers_stops_the_writer(log: EventLog) -> None:
+    live = LiveAttempt.begin(log, "b", attempt=1)
+    with pytest.raises(RuntimeError, match="a bug"):
+        live.run(_Broken(), ChatRequest(model="m", messages=[]), KeyCredentials("key-1", "s"), "broken")
+    thread = live.writer._thread
+    assert thread is not None
+    thread.join(timeout=5)
+    assert not thread.is_alive()

@@ -39,7 +39,21 @@ class LiveAttempt:
         return live
 
     def run(self, adapter: ProviderAdapter, request: ChatRequest, creds: KeyCredentials, provider: str) -> ChatResponse:
-        """Call the provider, streaming when the adapter can (else one delta with the answer)."""
+        """Call the provider, streaming when the adapter can (else one delta with the answer).
+
+        A ProviderError leaves the writer open for :meth:`abandon` or :meth:`close`; any other
+        failure (Redis gone, a bug) stops the writer and propagates.
+        """
+        try:
+            return self._run(adapter, request, creds, provider)
+        except ProviderError:
+            raise
+        except BaseException:
+            self.writer.abort()
+            raise
+
+    def _run(self, adapter: ProviderAdapter, request: ChatRequest, creds: KeyCredentials,
+             provider: str) -> ChatResponse:
         # ``started`` goes out while the call is made: its round trip overlaps the provider's
         # first byte, and a reader learns which model serves the job before the answer begins
         self._started(request.model, provider, creds.key_id)

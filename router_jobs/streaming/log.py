@@ -156,6 +156,14 @@ class EventWriter:
             if self._thread is not None:
                 self._thread.join()
 
+    def abort(self) -> None:
+        """Stop without writing what is still buffered (the attempt failed in a way that is
+        not the provider's: its events no longer matter, its thread must not linger)."""
+        with self._cond:
+            self._buffer.clear()
+            self._closed = True
+            self._cond.notify_all()
+
     def _run(self) -> None:
         while True:
             with self._cond:
