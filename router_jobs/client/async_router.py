@@ -69,7 +69,7 @@ class AsyncRouter:
                                   int(delay * 1000) if delay > 0 else None, ahead)
             await self.stream_scripts.append_events(
                 keys=[ks.job_events(job_id)],
-                args=[self.sync.events.ttl_ms, self.sync.events.maxlen, first.encode()])
+                args=[self.sync.events.ttl_ms, self.sync.events.maxlen, 0, first.encode()])
         got, existed = await self.scripts.submit(
             keys=[ks.job(job_id), ks.stream(queue), ks.delayed(queue), ks.idempotency(idem or "-")],
             args=[job_id, spec.model_dump_json(exclude_none=True), queue, job_message(job_id, queue),

@@ -36,7 +36,8 @@ EventType = Literal[
 
 #: Event types that end a stream.
 TERMINAL_EVENTS = frozenset({"done", "error"})
-#: Event types written while an attempt is under way (a stream ending on one was cut short).
+#: Event types written while an attempt is under way (a stream ending on one was cut short;
+#: ``append_events.lua`` holds the same list).
 ATTEMPT_EVENTS = frozenset({"started", "delta", "tool_call_delta", "usage"})
 
 

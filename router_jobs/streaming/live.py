@@ -1,9 +1,9 @@
 """The worker's side of a streamed job: one attempt's events, from ``started`` to its usage.
 
-:meth:`LiveAttempt.begin` looks at the stream's last event first: if an earlier attempt was
-under way (its ``started`` or deltas are last, no ending, no restart marker), its worker died
-mid-stream, and ``attempt_restarted`` (reason ``worker_lost``) goes in before anything of this
-attempt, so a reader never splices two attempts' text. An attempt that fails with an error the
+The attempt's first append looks at the stream's last event (in ``append_events.lua``): if an
+earlier attempt was under way (its ``started`` or deltas are last, no ending, no restart
+marker), its worker died mid-stream, and ``attempt_restarted`` (reason ``worker_lost``) goes
+in before anything of this attempt, so a reader never splices two attempts' text. An attempt that fails with an error the
 broker will retry marks itself abandoned the same way (reason: the error type).
 """
 
@@ -13,7 +13,7 @@ from router_jobs.errors import ContentBlocked, ProviderError
 from router_jobs.models import JobResult, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.request import FinishReason, ToolCall
-from router_jobs.streaming.events import ATTEMPT_EVENTS, StreamEvent, ToolCallDelta
+from router_jobs.streaming.events import StreamEvent, ToolCallDelta
 from router_jobs.streaming.log import EventLog
 
 
@@ -23,20 +23,14 @@ class LiveAttempt:
     def __init__(self, log: EventLog, job_id: str, attempt: int) -> None:
         self.job_id = job_id
         self.attempt = attempt
-        self.writer = log.writer(job_id)
+        self.writer = log.writer(job_id, opening=attempt)
         self.started = False
 
     @classmethod
     def begin(cls, log: EventLog, job_id: str, attempt: int) -> LiveAttempt:
-        """Open attempt number ``attempt``, marking an earlier one cut short by a dead worker."""
-        live = cls(log, job_id, attempt)
-        last = log.last(job_id)
-        if last is not None and last.type in ATTEMPT_EVENTS and (last.attempt or 0) < attempt:
-            live.writer.emit(StreamEvent(
-                type="attempt_restarted", attempt=last.attempt, reason="worker_lost",
-                message=f"the worker running attempt {last.attempt} stopped mid-stream; attempt {attempt} starts over",
-            ))
-        return live
+        """Open attempt number ``attempt``. Its first append marks an earlier attempt cut short
+        by a dead worker (``append_events.lua`` decides, atomically, in the same round trip)."""
+        return cls(log, job_id, attempt)
 
     def run(self, adapter: ProviderAdapter, request: ChatRequest, creds: KeyCredentials, provider: str) -> ChatResponse:
         """Call the provider, streaming when the adapter can (else one delta with the answer).

@@ -77,14 +77,19 @@ class EventLog:
         self.maxlen = maxlen
         self.scripts = StreamScripts(client)
 
-    def append(self, job_id: str, events: Sequence[StreamEvent]) -> str | None:
-        """Append ``events`` (in one round trip); returns the last entry's id."""
+    def append(self, job_id: str, events: Sequence[StreamEvent], *, opening: int = 0) -> str | None:
+        """Append ``events`` (in one round trip); returns the last entry's id.
+
+        ``opening``: the attempt these events open. If the stream's last event is of an
+        earlier attempt still under way, its worker died mid-stream, and the script writes
+        ``attempt_restarted`` (reason ``worker_lost``) before them, atomically.
+        """
         if not events:
             return None
         try:
             last = self.scripts.append_events(
                 keys=[self.schema.job_events(job_id)],
-                args=[self.ttl_ms, self.maxlen, *(e.encode() for e in events)],
+                args=[self.ttl_ms, self.maxlen, opening, *(e.encode() for e in events)],
             )
         except redis.RedisError as exc:
             raise BrokerError(f"cannot append to the event stream of job {job_id}: {exc}") from exc
@@ -100,9 +105,10 @@ class EventLog:
         rows: Any = self.client.xrange(self.schema.job_events(job_id))
         return [decode_entry(i, f) for i, f in rows]
 
-    def writer(self, job_id: str) -> EventWriter:
-        """A batching writer for one attempt's events (close it when the attempt ends)."""
-        return EventWriter(self, job_id)
+    def writer(self, job_id: str, *, opening: int = 0) -> EventWriter:
+        """A batching writer for one attempt's events (close it when the attempt ends); its
+        first append opens attempt ``opening`` (see :meth:`append`)."""
+        return EventWriter(self, job_id, opening=opening)
 
 
 class EventWriter:
@@ -113,9 +119,10 @@ class EventWriter:
     stops the flusher thread.
     """
 
-    def __init__(self, log: EventLog, job_id: str) -> None:
+    def __init__(self, log: EventLog, job_id: str, *, opening: int = 0) -> None:
         self.log = log
         self.job_id = job_id
+        self._opening = opening
         self._cond = threading.Condition()
         self._buffer: list[StreamEvent] = []
         self._writing = False
@@ -175,7 +182,8 @@ class EventWriter:
                 self._writing = True
             error: BrokerError | None = None
             try:
-                self.log.append(self.job_id, coalesce(batch))
+                self.log.append(self.job_id, coalesce(batch), opening=self._opening)
+                self._opening = 0
             except BrokerError as exc:
                 error = exc  # handed to the attempt: the next emit or drain raises it
             with self._cond:

@@ -93,10 +93,13 @@ def iter_events(client: redis.Redis, schema: RedisSchema, get: Callable[[str], J
     cursor = StreamCursor(job_id, offset)
     key = schema.job_events(job_id)
     deadline = None if timeout is None else clock() + timeout
-    if get(job_id) is None:
+    got: Any = client.xread({key: cursor.last_id}, count=_READ_COUNT)  # events already there: no lookup
+    if got:
+        yield from cursor.take(got)
+    elif get(job_id) is None:
         raise JobExpired(job_id, f"job {job_id} is unknown or its record expired")
     while not cursor.ended:
-        got: Any = client.xread({key: cursor.last_id}, count=_READ_COUNT, block=_block_ms(poll, deadline, clock()))
+        got = client.xread({key: cursor.last_id}, count=_READ_COUNT, block=_block_ms(poll, deadline, clock()))
         if got:
             yield from cursor.take(got)
             continue
@@ -119,10 +122,14 @@ async def aiter_events(client: redis.asyncio.Redis, schema: RedisSchema,
     cursor = StreamCursor(job_id, offset)
     key = schema.job_events(job_id)
     deadline = None if timeout is None else clock() + timeout
-    if await get(job_id) is None:
+    got: Any = await client.xread({key: cursor.last_id}, count=_READ_COUNT)  # events already there: no lookup
+    if got:
+        for event in cursor.take(got):
+            yield event
+    elif await get(job_id) is None:
         raise JobExpired(job_id, f"job {job_id} is unknown or its record expired")
     while not cursor.ended:
-        got: Any = await client.xread({key: cursor.last_id}, count=_READ_COUNT, block=_block_ms(poll, deadline, clock()))
+        got = await client.xread({key: cursor.last_id}, count=_READ_COUNT, block=_block_ms(poll, deadline, clock()))
         if got:
             for event in cursor.take(got):
                 yield event
