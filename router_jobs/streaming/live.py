@@ -64,6 +64,7 @@ class LiveAttempt:
         usage: Usage | None = None
         finish: str | None = None
         calls: dict[int, dict[str, str]] = {}
+        first = True
         try:
             for chunk in stream:
                 if chunk.text:
@@ -77,6 +78,11 @@ class LiveAttempt:
                     call["arguments"] += frag.arguments
                     self.writer.emit(StreamEvent(type="tool_call_delta", attempt=self.attempt, tool_call=ToolCallDelta(
                         index=frag.index, id=frag.id, name=frag.name, arguments=frag.arguments)))
+                if first and (chunk.text or chunk.tool_call is not None):
+                    # wait for the first piece to be written: the flusher gets the GIL now,
+                    # not after this thread has parsed every chunk already received
+                    first = False
+                    self.writer.drain()
                 if chunk.usage is not None:
                     usage = chunk.usage
                 if chunk.finish_reason is not None:
