@@ -186,16 +186,18 @@ def test_a_job_not_streamed_still_streams_its_result(system: System) -> None:
     assert events[0].text == f"echo: {PROMPT}"
 
 
-def test_a_worker_sigkilled_mid_stream_leaves_a_marked_restart(redis_url: str, tmp_path: Path) -> None:
-    s = System(redis_url, tmp_path, "strmkill")
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_worker_sigkilled_mid_stream_leaves_a_marked_restart(redis_url: str, tmp_path: Path, provider: str) -> None:
+    ns = f"strmkill-{provider}"
+    s = System(redis_url, tmp_path, ns)
     try:
-        server = s.servers["openai"]
+        server = s.servers[provider]
         server.script("*", ["ok?chunk_delay=0.1", "ok"])
         long_prompt = " ".join(f"word{i}" for i in range(80))
         with WorkerPool(s.env, processes=1, threads=2) as victim:
-            victim.wait_consuming(redis_url, "strmkill")
+            victim.wait_consuming(redis_url, ns)
             [pid] = victim.worker_pids(1)
-            job = s.router.submit(long_prompt, model=MODELS["openai"], stream=True)
+            job = s.router.submit(long_prompt, model=MODELS[provider], stream=True)
             seen: list[StreamEvent] = []
             for ev in s.router.stream(job, timeout=60):
                 seen.append(ev)
@@ -203,7 +205,7 @@ def test_a_worker_sigkilled_mid_stream_leaves_a_marked_restart(redis_url: str, t
                     break
             os.kill(pid, signal.SIGKILL)
             with WorkerPool(s.env, processes=1, threads=2) as survivor:
-                survivor.wait_consuming(redis_url, "strmkill", processes=1)
+                survivor.wait_consuming(redis_url, ns, processes=1)
                 rest = collect(s.router, job, offset=seen[-1].id)
         events = seen + rest
         kinds = [e.type for e in events]
@@ -217,6 +219,21 @@ def test_a_worker_sigkilled_mid_stream_leaves_a_marked_restart(redis_url: str, t
         assert [e.seq for e in events] == list(range(len(events)))
     finally:
         s.close()
+
+
+def test_a_streamed_conversation_turn_joins_the_history(system: System) -> None:
+    conv = "stream-conv"
+    first = system.router.submit("first question", model=MODELS["openai"], conversation_id=conv, stream=True)
+    assert assembled(collect(system.router, first)).text == "echo: first question"
+    second = system.router.submit("second question", model=MODELS["anthropic"], conversation_id=conv, stream=True)
+    events = collect(system.router, second)
+    assert events[-1].type == "done" and assembled(events).text == "echo: second question"
+    history = system.router.conversations.history(conv)
+    assert [m.text for m in history] == ["first question", "echo: first question",
+                                         "second question", "echo: second question"]
+    # the second turn went to its provider with the first turn as history
+    rec = [r for r in system.servers["anthropic"].received() if r.prompt == "second question"][-1]
+    assert "echo: first question" in rec.text
 
 
 def test_reading_an_unknown_job_is_a_typed_error(system: System) -> None:
