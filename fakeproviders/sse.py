@@ -13,8 +13,9 @@
   finish reason and final usage in the last; a function call comes whole in one part; an error
   after the 200 is a chunk ``data: {"error": {code, message, status}}``.
 
-A stream answers the scenarios ``ok`` (the echo text, a word per event), ``tool_call`` (a call
-of the request's first tool, or ``lookup``, with arguments ``{"query": <prompt>}``) and
+A stream answers the scenarios ``ok`` (the fake model's turn: its text a word per event, or
+the tool calls it makes, their arguments in fragments), ``tool_call`` (a call even without
+tools: of ``lookup``, with arguments ``{"query": <prompt>}``) and
 ``stream_error`` (``after`` text events, then an error event of ``kind``: ``overloaded``,
 ``server_error``, ``rate_limit`` or ``bad_request``) and ``stream_cut`` (``after`` text
 events, then the stream ends with no finish). ``chunk_delay`` (seconds) paces any of them.
@@ -31,6 +32,9 @@ from typing import Any
 from fakeproviders.wire import Scenario
 
 _PIECE = re.compile(r"\S+\s*|\s+")
+
+#: The tool calls a streamed answer makes: (name, arguments) each.
+Calls = list[tuple[str, dict[str, Any]]]
 
 
 def is_streamed(provider: str, path: str, body: dict[str, Any]) -> bool:
@@ -77,7 +81,8 @@ def tool_name(provider: str, body: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- OpenAI
 
 
-def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any]) -> list[bytes]:
+def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any],
+                  calls: Calls) -> list[bytes]:
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -87,12 +92,12 @@ def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
 
     out = [chunk({"role": "assistant", "content": "", "refusal": None})]
     finish = "stop"
-    if sc.name == "tool_call":
-        args = json.dumps({"query": text.removeprefix("echo: ")})
-        call_id = f"call_{uuid.uuid4().hex[:24]}"
-        out.append(chunk({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
-                                          "function": {"name": tool_name("openai", body), "arguments": ""}}]}))
-        out += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}) for f in arg_fragments(args)]
+    if calls:
+        for i, (name, args) in enumerate(calls):
+            out.append(chunk({"tool_calls": [{"index": i, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                              "function": {"name": name, "arguments": ""}}]}))
+            out += [chunk({"tool_calls": [{"index": i, "function": {"arguments": f}}]})
+                    for f in arg_fragments(json.dumps(args))]
         finish = "tool_calls"
     else:
         parts = pieces(text)
@@ -121,21 +126,23 @@ def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
 # ---------------------------------------------------------------- Anthropic
 
 
-def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any]) -> list[bytes]:
+def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any],
+                     calls: Calls) -> list[bytes]:
     start_usage = {"input_tokens": usage["input"] - usage["cached"], "cache_read_input_tokens": usage["cached"],
                    "cache_creation_input_tokens": 0, "output_tokens": 1}
     out = [_event("message_start", {"type": "message_start", "message": {
         "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}})]
     stop = "end_turn"
-    if sc.name == "tool_call":
-        args = json.dumps({"query": text.removeprefix("echo: ")})
-        out.append(_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
-            "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": tool_name("anthropic", body),
-            "input": {}}}))
-        out += [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "input_json_delta", "partial_json": f}})
-                for f in arg_fragments(args)]
+    if calls:
+        for i, (name, args) in enumerate(calls):
+            out.append(_event("content_block_start", {"type": "content_block_start", "index": i, "content_block": {
+                "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": name, "input": {}}}))
+            out += [_event("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                   "delta": {"type": "input_json_delta", "partial_json": f}})
+                    for f in arg_fragments(json.dumps(args))]
+            if i < len(calls) - 1:
+                out.append(_event("content_block_stop", {"type": "content_block_stop", "index": i}))
         stop = "tool_use"
     else:
         out.append(_event("content_block_start", {"type": "content_block_start", "index": 0,
@@ -155,7 +162,7 @@ def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int],
                           "bad_request": ("invalid_request_error", "Invalid request")}.get(
                 kind, ("overloaded_error", "Overloaded"))
             return out + [_event("error", {"type": "error", "error": {"type": etype, "message": msg}})]
-    out.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    out.append(_event("content_block_stop", {"type": "content_block_stop", "index": max(0, len(calls) - 1)}))
     out.append(_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                                         "usage": {"output_tokens": usage["output"]}}))
     return out + [_event("message_stop", {"type": "message_stop"})]
@@ -164,7 +171,8 @@ def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int],
 # ---------------------------------------------------------------- Gemini
 
 
-def gemini_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any]) -> list[bytes]:
+def gemini_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any],
+                  calls: Calls) -> list[bytes]:
     rid = uuid.uuid4().hex[:20]
 
     def chunk(parts: list[dict[str, Any]], finish: str | None = None, final: bool = False) -> bytes:
@@ -178,9 +186,8 @@ def gemini_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
                          "cachedContentTokenCount": usage["cached"], "thoughtsTokenCount": usage["reasoning"]})
         return _data({"candidates": [cand], "usageMetadata": meta, "modelVersion": model, "responseId": rid})
 
-    if sc.name == "tool_call":
-        call = {"functionCall": {"name": tool_name("gemini", body), "args": {"query": text.removeprefix("echo: ")}}}
-        return [chunk([call], "STOP", final=True)]
+    if calls:
+        return [chunk([{"functionCall": {"name": name, "args": args}} for name, args in calls], "STOP", final=True)]
     parts = pieces(text)
     if sc.name == "stream_cut":
         return [chunk([{"text": p}]) for p in parts[:int(sc.num("after", 2))]]

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from router_jobs.backend.ops import Op, run
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
 from router_jobs.errors import BrokerError
@@ -75,7 +76,12 @@ class EventLog:
         self.schema = schema
         self.ttl_ms = ttl_seconds * 1000
         self.maxlen = maxlen
-        self.scripts = StreamScripts(client)
+
+    def append_op(self, job_id: str, events: Sequence[StreamEvent], *, opening: int = 0) -> Op[str]:
+        """:meth:`append` as a round trip for either client (see :mod:`router_jobs.backend.ops`)."""
+        keys = [self.schema.job_events(job_id)]
+        args = [self.ttl_ms, self.maxlen, opening, *(e.encode() for e in events)]
+        return Op(lambda c: StreamScripts.on(c).append_events(keys=keys, args=args), _s)
 
     def append(self, job_id: str, events: Sequence[StreamEvent], *, opening: int = 0) -> str | None:
         """Append ``events`` (in one round trip); returns the last entry's id.
@@ -87,13 +93,9 @@ class EventLog:
         if not events:
             return None
         try:
-            last = self.scripts.append_events(
-                keys=[self.schema.job_events(job_id)],
-                args=[self.ttl_ms, self.maxlen, opening, *(e.encode() for e in events)],
-            )
+            return run(self.client, self.append_op(job_id, events, opening=opening))
         except redis.RedisError as exc:
             raise BrokerError(f"cannot append to the event stream of job {job_id}: {exc}") from exc
-        return _s(last)
 
     def last(self, job_id: str) -> StreamEvent | None:
         """The stream's last event, or None when it has none."""
