@@ -178,6 +178,28 @@ def test_a_retried_mid_stream_error_is_marked_never_spliced(system: System, prov
     assert assembled(events).text == result.content and result.attempts == 2
 
 
+WEATHER = {"name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_streamed_tool_loop_assembles_each_call_and_answer(system: System, provider: str) -> None:
+    question = [{"role": "user", "content": "weather in Paris?"}]
+    ask = system.router.submit(model=MODELS[provider], messages=question, tools=[WEATHER], stream=True)
+    events = collect(system.router, ask)
+    first = system.router.await_result(ask, timeout=10)
+    calls = [c.to_tool_call() for c in assembled(events).tool_calls]
+    assert first.finish_reason == "tool_calls" and [c.name for c in first.tool_calls] == ["get_weather"]
+    assert [(c.name, c.args()) for c in calls] == [(c.name, c.args()) for c in first.tool_calls]
+    answers = [{"role": "tool", "tool_call_id": c.id, "content": "sunny, 21 C"} for c in first.tool_calls]
+    follow = [*question, {"role": "assistant", "tool_calls": [c.model_dump() for c in first.tool_calls]}, *answers]
+    reply = system.router.submit(model=MODELS[provider], messages=follow, tools=[WEATHER], stream=True)
+    events = collect(system.router, reply)
+    final = system.router.await_result(reply, timeout=10)
+    assert assembled(events).text == final.content and "sunny, 21 C" in (final.content or "")
+    assert events[-1].finish_reason == final.finish_reason == "stop"
+
+
 def test_a_job_not_streamed_still_streams_its_result(system: System) -> None:
     job = system.router.submit(PROMPT, model=MODELS["openai"])
     system.router.await_result(job, timeout=30)
