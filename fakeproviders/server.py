@@ -253,7 +253,8 @@ class FakeProviderServer:
         if delay > 0:
             self._stopping.wait(delay)
         streamed = sse.is_streamed(self.provider, parsed.path, body)
-        if streamed and scenario.name in ("ok", "slow", "tool_call", "stream_error", "stream_cut"):
+        if streamed and scenario.name in ("ok", "slow", "tool_call", "stream_error", "stream_cut", "refusal",
+                                          "blocked"):
             reply = self._stream_reply(scenario, key, req, in_tokens, body)
         else:
             reply = self._reply(scenario, key, secret, req, in_tokens, wait)

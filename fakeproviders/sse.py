@@ -16,7 +16,8 @@
 A stream answers the scenarios ``ok`` (the fake model's turn: its text a word per event, or
 the tool calls it makes, their arguments in fragments), ``tool_call`` (a call even without
 tools: of ``lookup``, with arguments ``{"query": <prompt>}``) and
-``stream_error`` (``after`` text events, then an error event of ``kind``: ``overloaded``,
+``refusal`` / ``blocked`` (the model declines, or the answer is withheld, each provider in
+its own way), ``stream_error`` (``after`` text events, then an error event of ``kind``: ``overloaded``,
 ``server_error``, ``rate_limit`` or ``bad_request``) and ``stream_cut`` (``after`` text
 events, then the stream ends with no finish). ``chunk_delay`` (seconds) paces any of them.
 """
@@ -29,7 +30,7 @@ import time
 import uuid
 from typing import Any
 
-from fakeproviders.wire import Scenario
+from fakeproviders.wire import REFUSAL, Scenario
 
 _PIECE = re.compile(r"\S+\s*|\s+")
 
@@ -92,7 +93,11 @@ def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
 
     out = [chunk({"role": "assistant", "content": "", "refusal": None})]
     finish = "stop"
-    if calls:
+    if sc.name in ("refusal", "blocked"):
+        if sc.name == "refusal":
+            out += [chunk({"refusal": p}) for p in pieces(REFUSAL)]
+        finish = "stop" if sc.name == "refusal" else "content_filter"
+    elif calls:
         for i, (name, args) in enumerate(calls):
             out.append(chunk({"tool_calls": [{"index": i, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                                               "function": {"name": name, "arguments": ""}}]}))
@@ -134,6 +139,9 @@ def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int],
         "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}})]
     stop = "end_turn"
+    if sc.name in ("refusal", "blocked"):
+        text = REFUSAL if sc.name == "refusal" else ""
+        calls, stop = [], "refusal"
     if calls:
         for i, (name, args) in enumerate(calls):
             out.append(_event("content_block_start", {"type": "content_block_start", "index": i, "content_block": {
@@ -186,6 +194,8 @@ def gemini_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
                          "cachedContentTokenCount": usage["cached"], "thoughtsTokenCount": usage["reasoning"]})
         return _data({"candidates": [cand], "usageMetadata": meta, "modelVersion": model, "responseId": rid})
 
+    if sc.name in ("refusal", "blocked"):
+        return [chunk([], "SAFETY", final=True)]
     if calls:
         return [chunk([{"functionCall": {"name": name, "args": args}} for name, args in calls], "STOP", final=True)]
     parts = pieces(text)

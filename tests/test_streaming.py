@@ -200,6 +200,29 @@ def test_a_streamed_tool_loop_assembles_each_call_and_answer(system: System, pro
     assert events[-1].finish_reason == final.finish_reason == "stop"
 
 
+@pytest.mark.parametrize("scenario", ["refusal", "blocked"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_refusals_and_blocks_end_as_the_unstreamed_call_would(system: System, provider: str, scenario: str) -> None:
+    def ending(stream: bool) -> tuple[object, ...]:
+        system.servers[provider].script("*", [scenario])
+        job = system.router.submit(PROMPT, model=MODELS[provider], stream=stream)
+        events = collect(system.router, job)
+        r = system.router.await_result(job, timeout=30, raise_on_error=False)
+        acc = assembled(events)
+        if r.status == JobStatus.succeeded:  # what the reader assembled is what the result holds
+            assert (acc.text, acc.refusal, acc.finish_reason) == (r.content, r.refusal, r.finish_reason)
+        else:
+            assert events[-1].type == "error" and events[-1].error_type == r.error_type
+        return r.status, r.content, r.refusal, r.finish_reason, r.error_type
+
+    streamed, unstreamed = ending(True), ending(False)
+    assert streamed == unstreamed
+    if scenario == "blocked" or provider == "gemini":  # Gemini withholds a refused answer
+        assert streamed[0] == JobStatus.failed and streamed[4] == "content_blocked"
+    else:
+        assert streamed[:4] == (JobStatus.succeeded, "", "I can't help with that.", "refusal")
+
+
 def test_a_job_not_streamed_still_streams_its_result(system: System) -> None:
     job = system.router.submit(PROMPT, model=MODELS["openai"])
     system.router.await_result(job, timeout=30)

@@ -147,6 +147,7 @@ class StreamChunk:
     tool_call: ToolCallFragment | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
+    refusal: str = ""  # a piece of the model's refusal message (OpenAI streams it apart)
 
 
 class ChatStream(Protocol):

@@ -275,6 +275,8 @@ class OpenAIStream:
                     delta = choice.delta
                     if delta is not None and delta.content:
                         yield StreamChunk(text=delta.content)
+                    if delta is not None and getattr(delta, "refusal", None):
+                        yield StreamChunk(refusal=delta.refusal)
                     for tc in (delta.tool_calls or []) if delta is not None else []:
                         fn = tc.function
                         yield StreamChunk(tool_call=ToolCallFragment(

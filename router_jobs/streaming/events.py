@@ -5,14 +5,15 @@ A job submitted with ``stream=True`` gets an event stream in Redis. Its events, 
 * ``state`` — the job waits: ``status`` (``queued``), ``position`` (jobs ahead in its queue at
   submit, approximate), ``eta_ms`` (when a worker sent it back to wait for room), ``reason``;
 * ``started`` — an attempt is calling the provider: ``attempt``, ``model``, ``provider``, ``key_id``;
-* ``delta`` — the next piece of text (``text``);
+* ``delta`` — the next piece of text (``text``), or of the model's refusal (``refusal``);
 * ``tool_call_delta`` — the next piece of a tool call (``tool_call``: index, id, name and a
   fragment of the arguments' JSON text);
 * ``usage`` — token usage as the provider reported it;
 * ``attempt_restarted`` — the attempt named by ``attempt`` was abandoned (``reason``: the
   error type, or ``worker_lost`` when its worker died): what it streamed is void, and a new
   attempt follows with its own ``started``;
-* ``done`` — the job succeeded (``finish_reason``, ``usage``, ``model``, ``attempt``);
+* ``done`` — the job succeeded (``finish_reason``, ``usage``, ``model``, ``attempt``, and
+  ``refusal`` when the model declined: text it streamed before saying so was the refusal);
 * ``error`` — the job ended without an answer (``error_type``, ``message``).
 
 ``done`` and ``error`` are the last event. Every event carries ``id``, the position to
@@ -75,6 +76,7 @@ class StreamEvent(BaseModel):
     provider: str | None = None
     key_id: str | None = None
     text: str | None = None
+    refusal: str | None = None
     tool_call: ToolCallDelta | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
@@ -117,6 +119,7 @@ class StreamAssembler:
         self._calls: dict[int, list[AssembledToolCall]] = {}
         self._usage: dict[int, Usage] = {}
         self.current: int | None = None  # the attempt being assembled
+        self.refusal: str | None = None  # the model's refusal, once it declined
         self.restarts = 0
         self.finish_reason: str | None = None
         self.ended: StreamEvent | None = None
@@ -151,6 +154,8 @@ class StreamAssembler:
         elif event.type == "delta" and event.text:
             self.current = self.current or attempt
             self._texts[attempt] = self._texts.get(attempt, "") + event.text
+        elif event.type == "delta" and event.refusal:
+            self.refusal = (self.refusal or "") + event.refusal
         elif event.type == "tool_call_delta" and event.tool_call is not None:
             self._tool(attempt, event.tool_call)
         elif event.type == "usage" and event.usage is not None:
@@ -159,12 +164,16 @@ class StreamAssembler:
             self._texts.pop(attempt, None)
             self._calls.pop(attempt, None)
             self._usage.pop(attempt, None)
+            self.refusal = None
             self.restarts += 1
         elif event.terminal:
             self.ended = event
             if event.usage is not None:
                 self._usage[attempt] = event.usage
             self.finish_reason = event.finish_reason
+            if event.refusal is not None:  # what streamed as text was the model declining
+                self.refusal = event.refusal
+                self._texts[attempt] = ""
 
     def _tool(self, attempt: int, frag: ToolCallDelta) -> None:
         calls = self._calls.setdefault(attempt, [])

@@ -61,6 +61,7 @@ class LiveAttempt:
             return response
         stream = open_stream(request, creds)
         parts: list[str] = []
+        refused: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
         calls: dict[int, dict[str, str]] = {}
@@ -78,7 +79,10 @@ class LiveAttempt:
                     call["arguments"] += frag.arguments
                     self.writer.emit(StreamEvent(type="tool_call_delta", attempt=self.attempt, tool_call=ToolCallDelta(
                         index=frag.index, id=frag.id, name=frag.name, arguments=frag.arguments)))
-                if first and (chunk.text or chunk.tool_call is not None):
+                if chunk.refusal:
+                    refused.append(chunk.refusal)
+                    self.writer.emit(StreamEvent(type="delta", attempt=self.attempt, refusal=chunk.refusal))
+                if first and (chunk.text or chunk.tool_call is not None or chunk.refusal):
                     # wait for the first piece to be written: the flusher gets the GIL now,
                     # not after this thread has parsed every chunk already received
                     first = False
@@ -89,17 +93,21 @@ class LiveAttempt:
                     finish = chunk.finish_reason
         finally:
             stream.close()
-        content = "".join(parts)
-        if finish in ("content_filter", "refusal") and not content and not calls:
+        content, refusal = "".join(parts), "".join(refused) or None
+        reason = neutral_finish(finish, len(calls))
+        if reason in ("content_filter", "refusal") and not (content or refusal) and not calls:
             raise ContentBlocked(f"{provider}: answer withheld ({finish})", provider=provider, status=200)
+        if reason == "refusal" or refusal:  # the text was the model declining: it is the refusal
+            refusal, content, reason = refusal or content, "", "refusal"
         if usage is not None:
             self.writer.emit(StreamEvent(type="usage", attempt=self.attempt, usage=usage))
         self.writer.drain()
         tool_calls = [ToolCall(id=c["id"] or f"call_{i}", name=c["name"] or "unnamed",
                                arguments=c["arguments"] or "{}") for i, c in sorted(calls.items())]
         return ChatResponse(content=content, usage=usage or Usage(), model=stream.model or request.model,
-                            finish_reason=neutral_finish(finish, len(tool_calls)), rate_limit=stream.rate_limit,
-                            details={"finish_reason": finish} if finish else {}, tool_calls=tool_calls)
+                            finish_reason=reason, rate_limit=stream.rate_limit,
+                            details={"finish_reason": finish} if finish else {}, tool_calls=tool_calls,
+                            refusal=refusal)
 
     def _started(self, model: str, provider: str, key_id: str) -> None:
         self.started = True
@@ -142,7 +150,8 @@ def ending_event(result: JobResult) -> StreamEvent:
     attempt = result.attempts or None
     if result.status == JobStatus.succeeded:
         return StreamEvent(type="done", attempt=attempt, model=result.model, provider=result.provider,
-                           key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason)
+                           key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason,
+                           refusal=result.refusal)
     return StreamEvent(type="error", attempt=attempt, error_type=result.error_type or result.status.value,
                        message=result.error_message or f"job {result.status.value}")
 

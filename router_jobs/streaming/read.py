@@ -71,7 +71,8 @@ class StreamCursor:
                                        message="the stream disagreed with the result; the result's text follows"))
             out.append(StreamEvent(type="delta", attempt=attempt, text=content))
         out.append(StreamEvent(type="done", attempt=attempt, model=result.model, provider=result.provider,
-                               key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason))
+                               key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason,
+                               refusal=result.refusal))
         for ev in out:
             self.assembler.feed(ev)
         return out
