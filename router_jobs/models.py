@@ -204,6 +204,7 @@ class JobSpec(BaseModel):
     max_wait: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # seconds to wait for room
     objective: Objective = "fairness"
     idempotency_key: Text | None = None
+    stream: bool = False  # the worker streams the answer into the job's event stream
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("metadata")

@@ -34,6 +34,9 @@ from router_jobs.jobs.records import JobStore, raise_for_result
 from router_jobs.models import JobHandle, JobResult, JobSpec
 from router_jobs.providers.capabilities import check_spec
 from router_jobs.settings import Settings
+from router_jobs.streaming.events import StreamEvent
+from router_jobs.streaming.log import EventLog
+from router_jobs.streaming.read import iter_events
 
 JobRef = JobHandle | str
 
@@ -156,6 +159,8 @@ class Router:
         self.conversations = ConversationStore.from_settings(self.client, settings)
         self.limiter = UserLimiter(self.client, self.schema, settings)
         self.budgets = Budgets(self.client, self.schema)
+        self.events = EventLog(self.client, self.schema, ttl_seconds=settings.stream_ttl_seconds,
+                               maxlen=settings.stream_maxlen)
         self.pool = RedisKeyPool(self.client, self.schema, margin_ms=settings.pool_margin_ms,
                                  late_ms=settings.pool_late_ms)
         if keys is not None:
@@ -229,7 +234,8 @@ class Router:
 
         ``fields`` are those of :class:`~router_jobs.models.JobSpec` (messages, system_prompt,
         max_output_tokens, temperature, priority, deadline, idempotency_key, conversation_id,
-        user_id, metadata, …). ``delay`` holds the job back that many seconds.
+        user_id, metadata, stream, …). ``delay`` holds the job back that many seconds.
+        With ``stream=True`` the worker streams the answer: read it with :meth:`stream`.
 
         A job with a ``user_id`` passes that user's token bucket and the global one, and the
         user's daily budget: over a limit, ``on_rate_limit="raise"`` raises SubmitRateLimited
@@ -247,6 +253,20 @@ class Router:
         A conversation turn draws its turn number here: turns run in submission order.
         """
         return drive(self.client, rules.submit_spec_steps(self, spec, delay=delay, job_id=job_id))
+
+    # -- streaming ---------------------------------------------------------------------------
+    def stream(self, job: JobRef, *, offset: str | None = None, timeout: float | None = None,
+               poll: float = 1.0) -> Iterator[StreamEvent]:
+        """Yield the job's events (see :mod:`router_jobs.streaming.events`) until ``done``/``error``.
+
+        ``offset`` is the ``id`` of the last event already seen: reading resumes after it (a
+        consumer that dropped reconnects without loss or repeats); None reads from the start.
+        A job that ended without its last event (cancelled, submitted without ``stream=True``)
+        still ends the reading, from its result. Raises JobExpired for an unknown job,
+        JobTimeout after ``timeout`` seconds, StreamTruncated if events were lost.
+        """
+        return iter_events(self.client, self.schema, self.jobs.get, job_id_of(job), offset=offset,
+                           timeout=timeout, poll=poll, clock=time.monotonic)
 
     # -- looking up --------------------------------------------------------------------------
     def status(self, job: JobRef) -> JobResult | None:

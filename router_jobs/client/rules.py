@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from router_jobs.backend.ops import Steps
+from router_jobs.backend.ops import Op, Steps
 from router_jobs.conversations.store import check_conv_id
 from router_jobs.errors import JobValidationError, SubmitRateLimited
 from router_jobs.jobs.records import new_job_id
 from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
 from router_jobs.observability.metrics import record_submitted
+from router_jobs.streaming.live import ending_event, waiting_event
 
 if TYPE_CHECKING:
     from router_jobs.client.router import Router
@@ -79,11 +80,20 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
         drawn = True
     job_id = job_id or new_job_id()
     try:
+        if spec.stream:  # the first event, written before any worker can see the job
+            queue = router.schema.stream(spec.priority.value)
+            ahead = yield Op(lambda c: c.xlen(queue), int)
+            first = (waiting_event("held back by submit", int(delay * 1000), ahead) if delay > 0
+                     else waiting_event("submitted", None, ahead))
+            yield router.events.append_op(job_id, [first])
         got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id, delay_ms=int(delay * 1000))
     except BaseException:
         if drawn:
             yield from release_unused_turn_steps(router, spec, job_id)
         raise
+    if spec.stream and got_id != job_id:  # deduplicated: the earlier job's stream is the one
+        orphan = router.schema.job_events(job_id)
+        yield Op(lambda c: c.delete(orphan))
     record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
     if existed and spec.conversation_id is not None and spec.turn_seq is not None:
         yield convs.finish_turn_op(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
@@ -118,6 +128,8 @@ def cancel_steps(router: Router, job_id: str) -> Steps[bool]:
     ended = yield router.jobs.finish_op(result, queue=queue, only_if_queued=True)
     if ended != 1:
         return False
+    if spec is not None and spec.stream:  # the reader of its stream ends with the cancellation
+        yield router.events.append_op(job_id, [ending_event(result)])
     # give back a slot the job may have booked while it waited for room
     yield from router.pool.release_steps(f"{job_id}:{current.attempts}")
     if spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:

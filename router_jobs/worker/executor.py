@@ -29,6 +29,8 @@ from router_jobs.jobs.records import JobStore, StartedJob
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
+from router_jobs.streaming.live import LiveAttempt, ending_event, waiting_event
+from router_jobs.streaming.log import EventLog
 from router_jobs.tokens import estimate_extra_tokens
 
 log = logging.getLogger("router_jobs.worker")
@@ -92,6 +94,7 @@ class Executor:
     chat: ChatTurns | None = None
     budgets: Budgets | None = None
     key_cost: Callable[[str], Cost | None] | None = None
+    events: EventLog | None = None  # where jobs submitted with stream=True stream their answer
     _next_revalidate: float = 0.0
 
     def revalidate_keys(self) -> list[str]:
@@ -207,6 +210,7 @@ class Executor:
             return self._end(job, queue, JobStatus.expired, "expired",
                              f"no key had room before the deadline ({wait.reason})")
         self.jobs.park(job.job_id, attempts=job.attempts, excluded=job.excluded)
+        self._state(job, "waiting for capacity", delay)  # before the job can be taken up again
         defer(delay)
         self.observer.job_deferred(spec, delay, wait.reason)
         return "deferred"
@@ -233,10 +237,19 @@ class Executor:
             return self._end(job, queue, JobStatus.failed, "provider_unavailable", str(exc),
                              attempts=job.attempts, grant=grant)
         self.jobs.begin_attempt(job.job_id, attempts)
+        live = LiveAttempt.begin(self.events, job.job_id, attempts) if spec.stream and self.events else None
         started = time.monotonic()
         try:
-            response = adapter.complete(call, creds)
+            if live is not None:
+                response = live.run(adapter, call, creds, grant.provider)
+            else:
+                response = adapter.complete(call, creds)
         except errors.ProviderError as exc:
+            if live is not None:
+                if exc.retryable and attempts < self.max_attempts:
+                    live.abandon(exc)
+                else:
+                    live.close()
             seconds = time.monotonic() - started
             self.pool.settle(grant, None)
             self.pool.report_error(grant, exc, secret_fingerprint=_fingerprint(api_key))
@@ -277,9 +290,14 @@ class Executor:
                              f"gave up after {attempts} attempts; last error: {message}",
                              attempts=attempts, grant=grant)
         self.jobs.park(job.job_id, attempts=attempts, excluded=excluded)
+        self._state(job, f"retrying after {error_type}", delay)  # before the job can be taken up again
         defer(delay)
         self.observer.job_deferred(job.spec, delay, error_type)
         return "deferred"
+
+    def _state(self, job: StartedJob, reason: str, eta_ms: int) -> None:
+        if job.spec.stream and self.events is not None:
+            self.events.append(job.job_id, [waiting_event(reason, eta_ms)])
 
     def _end(self, job: StartedJob, queue: str, status: JobStatus, error_type: str | None,
              error_message: str | None, *, attempts: int | None = None, grant: Grant | None = None,
@@ -310,6 +328,8 @@ class Executor:
             metadata=spec.metadata,
         )
         if self.jobs.finish(result, queue=queue) == 1:
+            if spec.stream and self.events is not None:  # after the record: readers fall back to it
+                self.events.append(job.job_id, [ending_event(result)])
             self.observer.job_finished(spec, result)
         if self.chat is not None:
             self.chat.finish(spec)
