@@ -1,0 +1,98 @@
+"""Server-sent events in OpenAI's chunk format, fed by a job's events.
+
+:class:`EventSource` is the one seam between the gateway and the job: it yields
+:class:`JobEvent` values (``delta`` text, ``usage``, ``done``, ``error``; the kinds of the
+library's durable job stream). :class:`ResultEvents` is the source that works over any
+worker: it waits for the job's result and yields the whole reply as one delta.
+:func:`sse_body` turns events into the ``data: {...}`` lines an OpenAI SDK reads, ending with
+``data: [DONE]``; an error after the first byte is sent as a chunk ``{"error": {...}}``,
+which the SDK raises as ``APIError``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from router_jobs.client.async_router import AsyncRouter
+from router_jobs.errors import JobTimeout, RouterJobsError
+from router_jobs.gateway import openai_format as fmt
+from router_jobs.gateway.errors import ApiError, from_library_error
+from router_jobs.jobs.records import raise_for_result
+from router_jobs.models import Usage
+
+
+@dataclass
+class JobEvent:
+    """One event of a job's reply: ``delta`` (``text``), ``usage``, ``done`` or ``error``."""
+
+    kind: str
+    text: str = ""
+    usage: Usage | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    error: ApiError | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class EventSource(Protocol):
+    """Where a streamed reply's events come from."""
+
+    def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        """The job's events, in order, ending with ``done`` or ``error``."""
+        ...
+
+
+class ResultEvents:
+    """Events of a finished job: its reply as one delta, then usage and done."""
+
+    def __init__(self, router: AsyncRouter, timeout: float) -> None:
+        self.router = router
+        self.timeout = timeout
+
+    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        try:
+            result = await self.router.await_result(job_id, timeout=self.timeout, raise_on_error=False)
+            raise_for_result(result)
+        except JobTimeout as exc:
+            await self.router.cancel(job_id)
+            yield JobEvent("error", error=from_library_error(exc))
+            return
+        except RouterJobsError as exc:
+            yield JobEvent("error", error=from_library_error(exc))
+            return
+        if result.content:
+            yield JobEvent("delta", text=result.content, model=result.model)
+        yield JobEvent("usage", usage=result.usage, model=result.model)
+        yield JobEvent("done", model=result.model, finish_reason=fmt.finish_reason(result))
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def sse_body(source: EventSource, job_id: str, model: str, *, include_usage: bool) -> AsyncIterator[bytes]:
+    """The SSE byte stream of one streamed completion."""
+    created = int(time.time())
+    yield _sse(fmt.chunk(job_id, created, model, {"role": "assistant", "content": ""}))
+    usage: Usage | None = None
+    async for ev in source.events(job_id):
+        if ev.model:
+            model = ev.model
+        if ev.kind == "delta" and ev.text:
+            yield _sse(fmt.chunk(job_id, created, model, {"content": ev.text}))
+        elif ev.kind == "usage":
+            usage = ev.usage
+        elif ev.kind == "error":
+            err = ev.error or ApiError(500, "the job failed", type="server_error")
+            yield _sse(err.body())
+            return
+        elif ev.kind == "done":
+            yield _sse(fmt.chunk(job_id, created, model, {}, finish=ev.finish_reason or "stop"))
+            if include_usage and usage is not None:
+                yield _sse(fmt.chunk(job_id, created, model, {}, usage=usage))
+            yield b"data: [DONE]\n\n"
+            return
