@@ -86,6 +86,8 @@ class RedisResults:
         self.client = router.client
         self.key = router.schema.gw_batch_results(batch_id)
         self.model = model
+        #: why the run was stopped early (``cancelled``/``expired``): names its cancelled lines
+        self.stop_reason: str | None = None
 
     def scan(self) -> tuple[_Bitmap, int, int]:
         seen, ok, bad = _Bitmap(), 0, 0
@@ -104,8 +106,9 @@ class RedisResults:
         else:
             err = rec.get("error") or {}
             kind = str(err.get("type") or "error")
-            code = {"cancelled": "batch_cancelled"}.get(kind, kind)
-            status = None if result is None and kind.startswith("batch_") else _STATUS.get(kind, 500)
+            code = f"batch_{self.stop_reason or 'cancelled'}" if kind == "cancelled" else kind
+            never_ran = kind == "cancelled" or kind.startswith("batch_")
+            status = None if never_ran else _STATUS.get(kind, 500)
             out = fmt.batch_error_line(custom_id, line, code, str(err.get("message") or ""),
                                        job_id=rec.get("job_id"), status_code=status)
         self.client.hset(self.key, str(line), json.dumps(out))
@@ -220,6 +223,7 @@ class BatchDriver:
             stopped = self._run_lines(batch_id, obj, sink)
         elif obj["status"] == "finalizing":
             stopped = obj.get("_stopped")
+            sink.stop_reason = stopped
         self._finalize(batch_id, owner, sink, stopped)
 
     def _run_lines(self, batch_id: str, obj: dict[str, Any], sink: RedisResults) -> str | None:
@@ -234,10 +238,10 @@ class BatchDriver:
                 self._renew(batch_id)
                 last_renew = time.monotonic()
             if self.batches.cancel_requested(batch_id):
-                return "cancelled"
-            if time.time() >= expires_at:
-                return "expired"
-            return None
+                sink.stop_reason = "cancelled"
+            elif time.time() >= expires_at:
+                sink.stop_reason = "expired"
+            return sink.stop_reason
 
         def on_progress(p: BatchProgress) -> None:
             self.batches.update(batch_id, request_counts={"total": p.total or 0, "completed": p.done,
