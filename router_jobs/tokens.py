@@ -112,7 +112,7 @@ def estimate_tokens(messages: Iterable[ChatMessage], model: str = "") -> int:
     body = 0
     count = 0
     for msg in messages:
-        body += estimate_text_tokens(msg.content) + PER_MESSAGE
+        body += estimate_text_tokens(msg.text) + PER_MESSAGE
         count += 1
     if count == 0:
         return 0

@@ -68,12 +68,17 @@ def check_conv_id(conv_id: str) -> str:
 
 
 def _dump(message: ChatMessage) -> str:
-    return json.dumps({"role": message.role, "content": message.content}, ensure_ascii=False)
+    """A message as stored: ``role`` and ``content`` always, tool fields only when set."""
+    data = message.model_dump(mode="json", exclude_none=True)
+    if not data.get("tool_calls"):
+        data.pop("tool_calls", None)
+    if not data.get("is_error"):
+        data.pop("is_error", None)
+    return json.dumps(data, ensure_ascii=False)
 
 
 def _load(raw: bytes | str) -> ChatMessage:
-    data = json.loads(raw)
-    return ChatMessage(role=data["role"], content=data["content"])
+    return ChatMessage.model_validate_json(raw)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -289,9 +294,10 @@ class ConversationStore:
         """Seed name of :meth:`create`."""
         return self.create(conv_id, metadata=metadata)
 
-    def get_history(self, conv_id: str, limit: int | None = None) -> builtins.list[dict[str, str]]:
-        """Seed name of :meth:`history`, returning ``{"role", "content"}`` dicts."""
-        return [{"role": m.role, "content": m.content} for m in self.history(conv_id, limit)]
+    def get_history(self, conv_id: str, limit: int | None = None) -> builtins.list[dict[str, Any]]:
+        """Seed name of :meth:`history`, returning ``{"role", "content"}`` dicts (and the tool
+        fields of tool turns, as :meth:`history` holds them)."""
+        return [json.loads(_dump(m)) for m in self.history(conv_id, limit)]
 
     def truncate_history(self, conv_id: str, keep_last_n: int = 20) -> int:
         """Seed name of :meth:`truncate`."""

@@ -42,7 +42,7 @@ def _usage(raw: Any) -> Usage:
 
 def anthropic_params(request: ChatRequest) -> dict[str, Any]:
     """The Messages API arguments for a neutral request (system split out)."""
-    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+    system = "\n\n".join(m.text for m in request.messages if m.role == "system")
     params: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_output_tokens,

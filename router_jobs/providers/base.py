@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from router_jobs.models import ChatMessage, Usage
+from router_jobs.request import FinishReason, Reasoning, ResponseFormat, Tool, ToolCall, ToolChoice
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,18 @@ class ChatRequest:
     top_p: float | None = None
     stop: list[str] | None = None
     json_output: bool = False
+    seed: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning: Reasoning | None = None
+
+    def output_format(self) -> ResponseFormat | None:
+        """The answer format asked for (``json_output`` as a JSON-object format), or None."""
+        if self.response_format is not None:
+            return self.response_format
+        return ResponseFormat(type="json_object") if self.json_output else None
 
 
 @dataclass(frozen=True)
@@ -42,14 +55,21 @@ class RateLimitInfo:
 
 @dataclass(frozen=True)
 class ChatResponse:
-    """A successful call's content and usage."""
+    """A successful call's content, tool calls and usage.
+
+    ``finish_reason`` is the neutral reason; the provider's own word for it is in
+    ``details["finish_reason"]``. ``refusal`` is the model's refusal message, when it
+    declined (OpenAI's ``message.refusal``, Anthropic's ``refusal`` stop with text).
+    """
 
     content: str
     usage: Usage
     model: str
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     rate_limit: RateLimitInfo | None = None
     details: dict[str, str] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)

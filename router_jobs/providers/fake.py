@@ -42,7 +42,7 @@ class FakeAdapter:
     name = "fake"
 
     def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
-        last = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        last = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
         for kind, arg in _DIRECTIVE.findall(last):
             if kind == "sleep":
                 time.sleep(float(arg or 0))
@@ -52,7 +52,7 @@ class FakeAdapter:
                 cls = _ERRORS.get(arg or "", errors.TransientProviderError)
                 retry_after = 1.0 if cls is errors.ProviderRateLimited else None
                 raise cls(f"fake provider refused the call ({arg})", provider="fake", retry_after=retry_after)
-        prompt_tokens = sum(_estimate(m.content) for m in request.messages)
+        prompt_tokens = sum(_estimate(m.text) for m in request.messages)
         content = f"echo: {last}"
         out_tokens = min(request.max_output_tokens, _estimate(content))
         return ChatResponse(

@@ -63,9 +63,9 @@ def _usage(raw: Any) -> Usage:
 
 def gemini_request(request: ChatRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
     """The ``contents`` and ``config`` for a neutral request."""
-    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+    system = "\n\n".join(m.text for m in request.messages if m.role == "system")
     contents = [
-        types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)])
+        types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.text)])
         for m in request.messages
         if m.role != "system"
     ]
