@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from fakeproviders import wire
+from fakeproviders import sse, wire
 from fakeproviders.wire import Reply, Scenario
 from router_jobs.tokens import estimate_text_tokens
 
@@ -49,7 +49,8 @@ class FakeProviderServer:
     ``keys`` maps a key name to its secret (or is an iterable of secrets, named by
     themselves). ``limits`` maps a key name (or ``"*"``) to a :class:`KeyLimit` or a dict
     like ``{"rpm": 3, "tpm": 1000}`` / ``{"requests": 3, "window": 1}``. ``latency`` delays
-    every answer. ``script(key, [...])`` queues scenarios (see :mod:`.wire`) for a key's next
+    every answer; ``chunk_delay`` paces the events of streamed answers (see :mod:`.sse`).
+    ``script(key, [...])`` queues scenarios (see :mod:`.wire`) for a key's next
     requests; a request header ``x-fake-scenario`` forces one too.
 
     ``start()`` returns the base URL to give the SDK: ``http://127.0.0.1:PORT/v1`` for
@@ -63,6 +64,7 @@ class FakeProviderServer:
         limits: Mapping[str, KeyLimit | Mapping[str, float]] | None = None,
         *,
         latency: float = 0.0,
+        chunk_delay: float = 0.0,
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
         host: str = "127.0.0.1",
@@ -76,6 +78,7 @@ class FakeProviderServer:
         )
         self._limits = {name: _as_limit(v) for name, v in (limits or {}).items()}
         self.latency = latency
+        self.chunk_delay = chunk_delay
         self.cached_tokens = cached_tokens
         self.reasoning_tokens = reasoning_tokens
         self._host, self._port = host, port
@@ -243,14 +246,27 @@ class FakeProviderServer:
         delay = self.latency + (scenario.num("seconds", 2.0) if scenario.name == "slow" else 0.0)
         if delay > 0:
             self._stopping.wait(delay)
-        reply = self._reply(scenario, key, secret, model, prompt_text, in_tokens, wait)
+        streamed = _streamed(self.provider, parsed.path, body)
+        if streamed and scenario.name in ("ok", "slow", "tool_call", "stream_error"):
+            reply = self._stream_reply(scenario, key, model, prompt_text, in_tokens, body)
+        else:
+            reply = self._reply(scenario, key, secret, model, prompt_text, in_tokens, wait)
         out = 0
         if reply.status == 200:
-            out = _output_tokens(self.provider, reply.body)
+            out = reply.output_tokens if reply.events is not None else _output_tokens(self.provider, reply.body)
         rec = Record(time.monotonic(), key, model, in_tokens, out, reply.status, scenario.name, prompt_text, all_text)
         with self._lock:
             self._records.append(rec)
         return reply
+
+    def _stream_reply(self, sc: Scenario, key: str, model: str, prompt: str, in_tokens: int,
+                      body: dict[str, Any]) -> Reply:
+        text = f"echo: {prompt}"
+        usage = {"input": in_tokens, "output": estimate_text_tokens(text) + self.reasoning_tokens,
+                 "cached": min(self.cached_tokens, in_tokens), "reasoning": self.reasoning_tokens}
+        events = sse.STREAMS[self.provider](sc, model, text, usage, body)
+        return Reply(200, {}, self._rate_headers(key), events=events,
+                     chunk_delay=sc.num("chunk_delay", self.chunk_delay), output_tokens=usage["output"])
 
     def _reply(self, sc: Scenario, key: str, secret: str, model: str, prompt: str, in_tokens: int, wait: float) -> Reply:
         if sc.name not in ("ok", "slow", "blocked", "blocked_answer"):
@@ -277,6 +293,12 @@ def _as_limit(v: KeyLimit | Mapping[str, float]) -> KeyLimit:
     req = v.get("requests", v.get("rpm"))
     tok = v.get("tokens", v.get("tpm"))
     return KeyLimit(None if req is None else int(req), None if tok is None else int(tok), float(v.get("window", 60.0)))
+
+
+def _streamed(provider: str, path: str, body: dict[str, Any]) -> bool:
+    if provider == "gemini":
+        return path.endswith(":streamGenerateContent")
+    return bool(body.get("stream"))
 
 
 def _output_tokens(provider: str, body: dict[str, Any]) -> int:
@@ -325,9 +347,10 @@ def _parse_request(
         # the API takes x-api-key; recent SDKs send the key as a bearer token instead
         return headers.get("x-api-key") or _bearer(headers), str(body.get("model", "")), users[-1] if users else "", all_text
     prefix = "/v1beta/models/"
-    if not (path.startswith(prefix) and path.endswith(":generateContent")):
+    method = next((m for m in (":generateContent", ":streamGenerateContent") if path.endswith(m)), None)
+    if not path.startswith(prefix) or method is None:
         return Reply(404, {"error": {"code": 404, "message": f"Unknown path {path}", "status": "NOT_FOUND"}})
-    model = path[len(prefix):-len(":generateContent")]
+    model = path[len(prefix):-len(method)]
     secret = headers.get("x-goog-api-key") or (query.get("key") or [""])[0]
     contents = body.get("contents") or []
     users = [_text_of(c.get("parts")) for c in contents if c.get("role", "user") == "user"]
@@ -365,6 +388,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(self.fake.handle(self.path, headers, body))
 
     def _send(self, reply: Reply) -> None:
+        if reply.events is not None:
+            self._send_events(reply)
+            return
         data = json.dumps(reply.body).encode()
         self.send_response(reply.status)
         self.send_header("content-type", "application/json")
@@ -373,3 +399,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+
+    def _send_events(self, reply: Reply) -> None:
+        """A server-sent event stream, chunked (the connection stays open for the next call)."""
+        self.send_response(reply.status)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        for i, event in enumerate(reply.events or []):
+            if i and reply.chunk_delay > 0 and self.fake._stopping.wait(reply.chunk_delay):
+                break
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()

@@ -18,6 +18,10 @@ from router_jobs.errors import JobExpired, JobTimeout
 from router_jobs.jobs.records import JobScripts, job_message, new_job_id, parse_result, raise_for_result
 from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
 from router_jobs.settings import Settings
+from router_jobs.streaming.events import StreamEvent
+from router_jobs.streaming.live import waiting_event
+from router_jobs.streaming.log import StreamScripts
+from router_jobs.streaming.read import aiter_events
 
 
 class AsyncRouter:
@@ -32,6 +36,7 @@ class AsyncRouter:
         self.schema = router.schema
         self.client = connect_async(router.url) if router.url else connect_async(_url_of(router))
         self.scripts = JobScripts(self.client)
+        self.stream_scripts = StreamScripts(self.client)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncRouter:
@@ -58,13 +63,29 @@ class AsyncRouter:
         queue = spec.priority.value
         job_id = job_id or new_job_id()
         idem = spec.idempotency_key
+        if spec.stream:  # the first event, written before any worker can see the job
+            ahead = int(await self.client.xlen(ks.stream(queue)))
+            first = waiting_event("held back by submit" if delay > 0 else "submitted",
+                                  int(delay * 1000) if delay > 0 else None, ahead)
+            await self.stream_scripts.append_events(
+                keys=[ks.job_events(job_id)],
+                args=[self.sync.events.ttl_ms, self.sync.events.maxlen, first.encode()])
         got, existed = await self.scripts.submit(
             keys=[ks.job(job_id), ks.stream(queue), ks.delayed(queue), ks.idempotency(idem or "-")],
             args=[job_id, spec.model_dump_json(exclude_none=True), queue, job_message(job_id, queue),
                   self.sync.settings.job_ttl_seconds, max(0, int(delay * 1000)), "1" if idem else "0"],
         )
         got_id = got.decode() if isinstance(got, bytes) else str(got)
+        if spec.stream and got_id != job_id:  # deduplicated: the earlier job's stream is the one
+            await self.client.delete(ks.job_events(job_id))
         return JobHandle(job_id=got_id, queue=spec.priority, deduplicated=bool(int(existed)))
+
+    def stream(self, job: JobRef, *, offset: str | None = None, timeout: float | None = None,
+               poll: float = 1.0) -> AsyncIterator[StreamEvent]:
+        """``async for event in router.stream(job)``: the job's events until ``done``/``error``,
+        resumable after any event's ``id`` (see ``Router.stream``)."""
+        return aiter_events(self.client, self.schema, self.status, job_id_of(job), offset=offset,
+                            timeout=timeout, poll=poll, clock=time.monotonic)
 
     async def status(self, job: JobRef) -> JobResult | None:
         job_id = job_id_of(job)

@@ -29,6 +29,10 @@ from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
 from router_jobs.observability.metrics import record_submitted
 from router_jobs.seed import SeedCompat
 from router_jobs.settings import Settings
+from router_jobs.streaming.events import StreamEvent
+from router_jobs.streaming.live import ending_event, waiting_event
+from router_jobs.streaming.log import EventLog
+from router_jobs.streaming.read import iter_events
 
 JobRef = JobHandle | str
 
@@ -96,6 +100,8 @@ class Router(SeedCompat):
         self.conversations = ConversationStore.from_settings(self.client, settings)
         self.limiter = UserLimiter(self.client, self.schema, settings)
         self.budgets = Budgets(self.client, self.schema)
+        self.events = EventLog(self.client, self.schema, ttl_seconds=settings.stream_ttl_seconds,
+                               maxlen=settings.stream_maxlen)
         self.pool = RedisKeyPool(self.client, self.schema, margin_ms=settings.pool_margin_ms,
                                  late_ms=settings.pool_late_ms)
         if keys is not None:
@@ -129,7 +135,8 @@ class Router(SeedCompat):
 
         ``fields`` are those of :class:`~router_jobs.models.JobSpec` (messages, system_prompt,
         max_output_tokens, temperature, priority, deadline, idempotency_key, conversation_id,
-        user_id, metadata, …). ``delay`` holds the job back that many seconds.
+        user_id, metadata, stream, …). ``delay`` holds the job back that many seconds.
+        With ``stream=True`` the worker streams the answer: read it with :meth:`stream`.
 
         A job with a ``user_id`` passes that user's token bucket and the global one, and the
         user's daily budget: over a limit, ``on_rate_limit="raise"`` raises SubmitRateLimited
@@ -166,11 +173,37 @@ class Router(SeedCompat):
             if not self.conversations.exists(spec.conversation_id):
                 self.conversations.create(spec.conversation_id, system_prompt=spec.system_prompt)
             spec = spec.model_copy(update={"turn_seq": self.conversations.next_turn_seq(spec.conversation_id)})
-        job_id, existed = self.jobs.submit(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000))
+        job_id = job_id or new_job_id()
+        if spec.stream:  # the first event, written before any worker can see the job
+            self.events.append(job_id, [self._queued_event(spec, delay)])
+        wanted = job_id
+        job_id, existed = self.jobs.submit(spec, job_id=job_id, delay_ms=int(delay * 1000))
+        if spec.stream and job_id != wanted:  # deduplicated: the earlier job's stream is the one
+            self.client.delete(self.schema.job_events(wanted))
         record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
         if existed and spec.conversation_id is not None and spec.turn_seq is not None:
             self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
         return JobHandle(job_id=job_id, queue=spec.priority, deduplicated=existed)
+
+    def _queued_event(self, spec: JobSpec, delay: float) -> StreamEvent:
+        ahead = int(self.client.xlen(self.schema.stream(spec.priority.value)))
+        if delay > 0:
+            return waiting_event("held back by submit", int(delay * 1000), ahead)
+        return waiting_event("submitted", None, ahead)
+
+    # -- streaming ---------------------------------------------------------------------------
+    def stream(self, job: JobRef, *, offset: str | None = None, timeout: float | None = None,
+               poll: float = 1.0) -> Iterator[StreamEvent]:
+        """Yield the job's events (see :mod:`router_jobs.streaming.events`) until ``done``/``error``.
+
+        ``offset`` is the ``id`` of the last event already seen: reading resumes after it (a
+        consumer that dropped reconnects without loss or repeats); None reads from the start.
+        A job that ended without its last event (cancelled, submitted without ``stream=True``)
+        still ends the reading, from its result. Raises JobExpired for an unknown job,
+        JobTimeout after ``timeout`` seconds, StreamTruncated if events were lost.
+        """
+        return iter_events(self.client, self.schema, self.jobs.get, job_id_of(job), offset=offset,
+                           timeout=timeout, poll=poll, clock=time.monotonic)
 
     # -- looking up --------------------------------------------------------------------------
     def status(self, job: JobRef) -> JobResult | None:
@@ -189,6 +222,8 @@ class Router(SeedCompat):
                            finished_at=time.time(), error_type="cancelled", error_message="cancelled by request",
                            attempts=current.attempts, conversation_id=spec.conversation_id if spec else None)
         cancelled = self.jobs.finish(result, queue=queue, only_if_queued=True) == 1
+        if cancelled and spec is not None and spec.stream:
+            self.events.append(job_id, [ending_event(result)])
         if cancelled:  # give back a slot the job may have booked while it waited for room
             self.pool.release(f"{job_id}:{current.attempts}")
         if cancelled and spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:

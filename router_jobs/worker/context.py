@@ -24,6 +24,7 @@ from router_jobs.providers import get_adapter
 from router_jobs.providers.base import KeyCredentials
 from router_jobs.secrets.redaction import install_log_redaction
 from router_jobs.secrets.stores import build_secret_store
+from router_jobs.streaming.log import EventLog
 from router_jobs.tokens import estimate_tokens
 from router_jobs.worker.executor import Executor
 from router_jobs.worker.middleware import install_worker_metrics
@@ -77,6 +78,7 @@ def build_executor() -> Executor:
                        settings.history_token_budget),
         budgets=Budgets(client, ks),
         key_cost=costs.get,
+        events=EventLog(client, ks, ttl_seconds=settings.stream_ttl_seconds, maxlen=settings.stream_maxlen),
     )
 
 

@@ -28,7 +28,10 @@ from router_jobs.conversations.turns import ChatTurns
 from router_jobs.jobs.records import JobStore, StartedJob
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, KeyCredentials, ProviderAdapter
+from router_jobs.request import FinishReason, ToolCall
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
+from router_jobs.streaming.live import LiveAttempt, ending_event, waiting_event
+from router_jobs.streaming.log import EventLog
 
 log = logging.getLogger("router_jobs.worker")
 
@@ -91,6 +94,7 @@ class Executor:
     chat: ChatTurns | None = None
     budgets: Budgets | None = None
     key_cost: Callable[[str], Cost | None] | None = None
+    events: EventLog | None = None  # where jobs submitted with stream=True stream their answer
     _next_revalidate: float = 0.0
 
     def revalidate_keys(self) -> list[str]:
@@ -175,6 +179,7 @@ class Executor:
                              f"no key had room before the deadline ({wait.reason})")
         self.jobs.park(job.job_id, attempts=job.attempts, excluded=job.excluded)
         defer(delay)
+        self._state(job, "waiting for capacity", delay)
         self.observer.job_deferred(spec, delay, wait.reason)
         return "deferred"
 
@@ -203,10 +208,19 @@ class Executor:
             return self._end(job, queue, JobStatus.failed, "provider_unavailable", str(exc),
                              attempts=job.attempts, grant=grant)
         self.jobs.begin_attempt(job.job_id, attempts)
+        live = LiveAttempt.begin(self.events, job.job_id, attempts) if spec.stream and self.events else None
         started = time.monotonic()
         try:
-            response = adapter.complete(call, creds)
+            if live is not None:
+                response = live.run(adapter, call, creds, grant.provider)
+            else:
+                response = adapter.complete(call, creds)
         except errors.ProviderError as exc:
+            if live is not None:
+                if exc.retryable and attempts < self.max_attempts:
+                    live.abandon(exc)
+                else:
+                    live.close()
             seconds = time.monotonic() - started
             self.pool.settle(grant, None)
             self.pool.report_error(grant, exc, secret_fingerprint=_fingerprint(api_key))
@@ -233,6 +247,7 @@ class Executor:
         return self._end(
             job, queue, JobStatus.succeeded, None, None, attempts=attempts, grant=grant,
             content=response.content, usage=response.usage, provider_time=seconds,
+            finish_reason=response.finish_reason, tool_calls=response.tool_calls,
         )
 
     def _retry(self, job: StartedJob, queue: str, attempts: int, excluded: frozenset[str], delay: int,
@@ -243,12 +258,18 @@ class Executor:
                              attempts=attempts, grant=grant)
         self.jobs.park(job.job_id, attempts=attempts, excluded=excluded)
         defer(delay)
+        self._state(job, f"retrying after {error_type}", delay)
         self.observer.job_deferred(job.spec, delay, error_type)
         return "deferred"
 
+    def _state(self, job: StartedJob, reason: str, eta_ms: int) -> None:
+        if job.spec.stream and self.events is not None:
+            self.events.append(job.job_id, [waiting_event(reason, eta_ms)])
+
     def _end(self, job: StartedJob, queue: str, status: JobStatus, error_type: str | None,
              error_message: str | None, *, attempts: int | None = None, grant: Grant | None = None,
-             content: str | None = None, usage: Usage | None = None, provider_time: float | None = None) -> str:
+             content: str | None = None, usage: Usage | None = None, provider_time: float | None = None,
+             finish_reason: FinishReason | None = None, tool_calls: list[ToolCall] | None = None) -> str:
         spec = job.spec
         finished = time.time()
         result = JobResult(
@@ -269,8 +290,12 @@ class Executor:
             error_message=error_message,
             conversation_id=spec.conversation_id,
             metadata=spec.metadata,
+            finish_reason=finish_reason,
+            tool_calls=tool_calls or [],
         )
         if self.jobs.finish(result, queue=queue) == 1:
+            if spec.stream and self.events is not None:  # after the record: readers fall back to it
+                self.events.append(job.job_id, [ending_event(result)])
             self.observer.job_finished(spec, result)
         if self.chat is not None:
             self.chat.finish(spec)
