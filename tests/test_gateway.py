@@ -275,3 +275,15 @@ def test_batch_cancel_stops_taking_lines(client: openai.OpenAI) -> None:
     with pytest.raises(openai.APIStatusError) as err:
         client.batches.cancel(b.id) and client.batches.cancel("batch_nope")
     assert err.value.status_code == 404
+
+
+def test_stream_is_fed_by_the_durable_job_stream(client: openai.OpenAI, router: Router) -> None:
+    words = " ".join(f"w{i}" for i in range(40))
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": words}], stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == f"echo: {words}"
+    assert len(pieces) > 1  # text arrived as the provider streamed it, not as one block
+    job_id = chunks[0].id.removeprefix("chatcmpl-")
+    events = [e.type for e in router.stream(job_id, timeout=5)]
+    assert events[0] == "state" and "started" in events and events[-1] == "done"

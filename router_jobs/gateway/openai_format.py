@@ -2,8 +2,8 @@
 and the output / error lines of a batch.
 
 One formatter for all three, so a reply looks the same whether it came back from
-``POST /v1/chat/completions`` or from a batch's output file. Fields the provider-neutral
-result does not carry (yet) fall back to OpenAI's defaults (``finish_reason: "stop"``).
+``POST /v1/chat/completions`` or from a batch's output file. The provider-neutral finish
+reasons map to OpenAI's (``refusal`` and ``other`` become ``stop``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from router_jobs.models import JobResult, Usage
+from router_jobs.request import ToolCall
 
 
 def completion_id(job_id: str) -> str:
@@ -30,18 +31,33 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
     }
 
 
+#: neutral finish reasons -> OpenAI's words
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter",
+           "refusal": "stop", "other": "stop"}
+
+
+def openai_finish(reason: str | None) -> str:
+    """OpenAI's finish reason for a neutral one (``stop`` when unknown)."""
+    return _FINISH.get(reason or "stop", "stop")
+
+
 def finish_reason(result: JobResult) -> str:
-    """The result's finish reason, or ``stop`` when it carries none."""
-    reason = getattr(result, "finish_reason", None)
-    return str(reason) if reason else "stop"
+    """The result's finish reason in OpenAI's words."""
+    return openai_finish(result.finish_reason)
+
+
+def tool_call(call: ToolCall) -> dict[str, Any]:
+    """OpenAI's shape of one tool call."""
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def completion(result: JobResult, requested_model: str) -> dict[str, Any]:
     """The ``chat.completion`` object of a job that succeeded."""
-    message: dict[str, Any] = {"role": "assistant", "content": result.content, "refusal": None}
-    tool_calls = getattr(result, "tool_calls", None)
-    if tool_calls:
-        message["tool_calls"] = [tc if isinstance(tc, dict) else tc.model_dump(mode="json") for tc in tool_calls]
+    message: dict[str, Any] = {"role": "assistant", "content": result.content, "refusal": result.refusal}
+    if result.tool_calls:
+        message["tool_calls"] = [tool_call(tc) for tc in result.tool_calls]
+        if not result.content:
+            message["content"] = None
     return {
         "id": completion_id(result.job_id),
         "object": "chat.completion",

@@ -55,6 +55,8 @@ async def chat_completions(request: Request) -> Response:
     raw_options = body.get("stream_options")
     options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
     fields.update(user_id=key.user_id, priority=key.priority.value)
+    if stream:
+        fields["stream"] = True  # the worker writes the answer into the job's event stream
     handle = await gw.arouter.submit(**fields)
     if stream:
         source = sse_body(gw.events, handle.job_id, model, include_usage=bool(options.get("include_usage")))

@@ -20,7 +20,7 @@ from router_jobs.gateway.driver import BatchDriver
 from router_jobs.gateway.errors import ApiError, invalid, unauthorized
 from router_jobs.gateway.files import FileStore
 from router_jobs.gateway.metrics import GatewayMetrics
-from router_jobs.gateway.streaming import EventSource, ResultEvents
+from router_jobs.gateway.streaming import EventSource, JobStreamEvents
 from router_jobs.gateway.tokens import TokenStore, VirtualKey
 from router_jobs.settings import Settings
 
@@ -51,7 +51,7 @@ class Gateway:
         self.batches = BatchStore(self.router.client, self.router.schema, self.files)
         self.driver = BatchDriver(self.router, self.batches, self.files, max_in_flight=config.batch_max_in_flight)
         self.metrics = GatewayMetrics()
-        self.events: EventSource = ResultEvents(self.arouter, config.request_timeout)
+        self.events: EventSource = JobStreamEvents(self.arouter, config.request_timeout)
 
     def start(self) -> None:
         """Start the batch driver (when this process runs batches)."""

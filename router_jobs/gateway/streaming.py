@@ -1,9 +1,10 @@
 """Server-sent events in OpenAI's chunk format, fed by a job's events.
 
 :class:`EventSource` is the one seam between the gateway and the job: it yields
-:class:`JobEvent` values (``delta`` text, ``usage``, ``done``, ``error``; the kinds of the
-library's durable job stream). :class:`ResultEvents` is the source that works over any
-worker: it waits for the job's result and yields the whole reply as one delta.
+:class:`JobEvent` values (``delta`` text, ``tool_call``, ``usage``, ``done``, ``error``).
+:class:`JobStreamEvents` reads the job's durable event stream (text as the provider produces
+it); :class:`ResultEvents` waits for the job's result and yields the whole reply as one
+delta (for jobs submitted without a stream).
 :func:`sse_body` turns events into the ``data: {...}`` lines an OpenAI SDK reads, ending with
 ``data: [DONE]``; an error after the first byte is sent as a chunk ``{"error": {...}}``,
 which the SDK raises as ``APIError``.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from router_jobs.client.async_router import AsyncRouter
-from router_jobs.errors import JobTimeout, RouterJobsError
+from router_jobs.errors import JobFailed, JobTimeout, RouterJobsError
 from router_jobs.gateway import openai_format as fmt
 from router_jobs.gateway.errors import ApiError, from_library_error
 from router_jobs.jobs.records import raise_for_result
@@ -27,7 +28,8 @@ from router_jobs.models import Usage
 
 @dataclass
 class JobEvent:
-    """One event of a job's reply: ``delta`` (``text``), ``usage``, ``done`` or ``error``."""
+    """One event of a job's reply: ``delta`` (``text``), ``tool_call`` (``data``: OpenAI's
+    tool-call delta), ``model``, ``usage``, ``done`` or ``error``."""
 
     kind: str
     text: str = ""
@@ -70,6 +72,60 @@ class ResultEvents:
         yield JobEvent("done", model=result.model, finish_reason=fmt.finish_reason(result))
 
 
+class JobStreamEvents:
+    """Events of the job's durable stream (jobs submitted with ``stream=True``), as they are
+    written: text arrives while the provider produces it.
+
+    An attempt abandoned after some of its text was sent cannot be taken back from an SSE
+    client, so it ends the response with an error event (``stream_restarted``); the job itself
+    goes on, and its result stays readable. Before any text, a restart is invisible.
+    """
+
+    def __init__(self, router: AsyncRouter, timeout: float) -> None:
+        self.router = router
+        self.timeout = timeout
+
+    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        sent = False
+        usage: Usage | None = None
+        try:
+            async for ev in self.router.stream(job_id, timeout=self.timeout):
+                if ev.type == "delta" and ev.text:
+                    sent = True
+                    yield JobEvent("delta", text=ev.text, model=ev.model)
+                elif ev.type == "tool_call_delta" and ev.tool_call is not None:
+                    sent = True
+                    tc = ev.tool_call
+                    call: dict[str, Any] = {"index": tc.index, "function": {"arguments": tc.arguments}}
+                    if tc.id:
+                        call["id"], call["type"] = tc.id, "function"
+                    if tc.name:
+                        call["function"]["name"] = tc.name
+                    yield JobEvent("tool_call", data=call)
+                elif ev.type == "started" and ev.model:
+                    yield JobEvent("model", model=ev.model)
+                elif ev.type == "usage":
+                    usage = ev.usage
+                elif ev.type == "attempt_restarted" and sent:
+                    yield JobEvent("error", error=ApiError(
+                        502, f"the provider call was restarted ({ev.reason}) after part of the answer was sent; "
+                        f"job {job_id} goes on", type="server_error", code="stream_restarted"))
+                    return
+                elif ev.type == "done":
+                    yield JobEvent("usage", usage=ev.usage or usage)
+                    yield JobEvent("done", model=ev.model, finish_reason=fmt.openai_finish(ev.finish_reason))
+                    return
+                elif ev.type == "error":
+                    failed = JobFailed(job_id, ev.error_type or "error", ev.message or "the job failed")
+                    yield JobEvent("error", error=from_library_error(failed))
+                    return
+        except JobTimeout as exc:
+            await self.router.cancel(job_id)
+            yield JobEvent("error", error=from_library_error(exc))
+        except RouterJobsError as exc:
+            yield JobEvent("error", error=from_library_error(exc))
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -84,6 +140,8 @@ async def sse_body(source: EventSource, job_id: str, model: str, *, include_usag
             model = ev.model
         if ev.kind == "delta" and ev.text:
             yield _sse(fmt.chunk(job_id, created, model, {"content": ev.text}))
+        elif ev.kind == "tool_call":
+            yield _sse(fmt.chunk(job_id, created, model, {"tool_calls": [ev.data]}))
         elif ev.kind == "usage":
             usage = ev.usage
         elif ev.kind == "error":
