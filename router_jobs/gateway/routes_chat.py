@@ -8,6 +8,8 @@ through the library's one converter (:func:`router_jobs.batch.lines.body_fields`
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -57,7 +59,9 @@ async def chat_completions(request: Request) -> Response:
     fields.update(user_id=key.user_id, priority=key.priority.value)
     if stream:
         fields["stream"] = True  # the worker writes the answer into the job's event stream
-    handle = await gw.arouter.submit(**fields)
+    # admission (the user's bucket, budget) and the submit are a few blocking Redis round
+    # trips on the sync router: off the event loop, so that other requests go on meanwhile
+    handle = await asyncio.to_thread(partial(gw.router.submit, **fields))
     if stream:
         source = sse_body(gw.events, handle.job_id, model, include_usage=bool(options.get("include_usage")))
         return StreamingResponse(source, media_type="text/event-stream",
