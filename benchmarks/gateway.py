@@ -9,7 +9,12 @@ gateway's own costs):
   with no user (no admission step: the library's fastest path, so the comparison is
   conservative: the gateway also authenticates and admits each request for its token's user);
 * **gateway**: the openai SDK's ``AsyncOpenAI.chat.completions.create(stream=True)`` against
-  the gateway, read until ``[DONE]``.
+  the gateway, read until ``[DONE]``;
+* **gateway_raw_http**: the same request over plain HTTP (SSE lines, no SDK objects), which
+  separates the gateway's cost from the SDK client's.
+
+All clients share this one process, as the CPU it spends per request shows
+(``cpu_ms_per_request``: this process, the gateway's processes, the worker pool's).
 
 Rounds alternate (direct, gateway, direct, gateway …) so that drift on a shared machine falls
 on both. Reported: end-to-end latency and time to first token, p50 / p99, for each path; the
@@ -31,6 +36,7 @@ from pathlib import Path
 import _common
 import httpx2 as httpx
 import openai
+import psutil
 
 from router_jobs.client.async_router import AsyncRouter
 from router_jobs.client.router import Router
@@ -85,6 +91,23 @@ def gateway_call(client: openai.AsyncOpenAI):  # type: ignore[no-untyped-def]
     return one
 
 
+def raw_call(http: httpx.AsyncClient, url: str, token: str):  # type: ignore[no-untyped-def]
+    """The same request as ``gateway_call`` over plain HTTP: SSE lines, no SDK objects."""
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def one(prompt: str) -> Sample:
+        t = time.perf_counter()
+        first = 0.0
+        body = {"model": "fake-model", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": prompt}]}
+        async with http.stream("POST", url + "/chat/completions", json=body, headers=headers) as resp:
+            assert resp.status_code == 200, resp.status_code
+            async for line in resp.aiter_lines():
+                if not first and line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+                    first = time.perf_counter() - t
+        return time.perf_counter() - t, first
+    return one
+
+
 def summary(samples: list[Sample], wall: float) -> dict[str, float]:
     e2e = [s[0] for s in samples]
     ttft = [s[1] for s in samples]
@@ -93,27 +116,55 @@ def summary(samples: list[Sample], wall: float) -> dict[str, float]:
             "req_per_s": len(samples) / wall, "requests": len(samples)}
 
 
-async def bench(env: dict[str, str], gw: GatewayProcess, token: str, args: argparse.Namespace) -> dict[str, object]:
-    ar = AsyncRouter(Router(Settings.from_env(env)))
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+async def bench(env: dict[str, str], gw: GatewayProcess, token: str, args: argparse.Namespace,
+                pool_pid: int) -> dict[str, object]:
+    ar = AsyncRouter(Router(Settings.from_env(env)), max_connections=4 * args.clients)
     limits = httpx.Limits(max_connections=args.clients + 10, max_keepalive_connections=args.clients + 10)
     client = openai.AsyncOpenAI(base_url=gw.url, api_key=token, max_retries=0, timeout=120,
                                 http_client=httpx.AsyncClient(limits=limits, timeout=120))
-    paths = {"direct": direct_call(ar), "gateway": gateway_call(client)}
+    http = httpx.AsyncClient(limits=limits, timeout=120)
+    paths = {"direct": direct_call(ar), "gateway": gateway_call(client), "gateway_raw_http": raw_call(http, gw.url, token)}
     for one in paths.values():  # warm up both paths (connections, scripts, worker clients)
         await run_clients(min(args.clients, 50), min(args.clients, 50), one)
-    got: dict[str, list[Sample]] = {"direct": [], "gateway": []}
-    walls: dict[str, float] = {"direct": 0.0, "gateway": 0.0}
+    got: dict[str, list[Sample]] = {n: [] for n in paths}
+    walls: dict[str, float] = {n: 0.0 for n in paths}
+    cpu: dict[str, dict[str, float]] = {n: {"client": 0.0, "gateway": 0.0, "workers": 0.0} for n in paths}
+    me = os.getpid()
     for _ in range(args.rounds):
         for name, one in paths.items():
+            before = {"client": cpu_seconds(me), "gateway": cpu_seconds(gw.proc.pid), "workers": cpu_seconds(pool_pid)}
             samples, wall = await run_clients(args.clients, args.requests, one)
             got[name] += samples
             walls[name] += wall
+            for part, pid in (("client", me), ("gateway", gw.proc.pid), ("workers", pool_pid)):
+                cpu[name][part] += cpu_seconds(pid) - before[part]
     await client.close()
+    await http.aclose()
     await ar.aclose()
-    out: dict[str, object] = {name: summary(got[name], walls[name]) for name in got}
-    d, g = out["direct"], out["gateway"]
-    assert isinstance(d, dict) and isinstance(g, dict)
-    out["added_ms"] = {k: round(g[k] - d[k], 1) for k in ("p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms")}
+    out: dict[str, object] = {name: {**summary(got[name], walls[name]),
+                                     "cpu_ms_per_request": {k: round(1000 * v / len(got[name]), 2)
+                                                            for k, v in cpu[name].items()}}
+                              for name in got}
+    d = out["direct"]
+    assert isinstance(d, dict)
+    for name in ("gateway", "gateway_raw_http"):
+        g = out[name]
+        assert isinstance(g, dict)
+        out[f"added_ms_{name}"] = {k: round(g[k] - d[k], 1) for k in ("p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms")}
     return out
 
 
@@ -139,7 +190,11 @@ def main() -> None:
         with WorkerPool(env, processes=args.worker_processes, threads=args.worker_threads) as pool:
             pool.wait_consuming(server.url, "gwb", processes=args.worker_processes)
             with GatewayProcess(env, "--workers", str(args.gateway_workers), "--no-batches") as gw:
-                result = asyncio.run(bench(env, gw, token, args))
+                try:
+                    result = asyncio.run(bench(env, gw, token, args, pool.proc.pid))
+                except Exception:
+                    print(f"gateway exit code {gw.proc.poll()}; log:\n{gw.output()[-3000:]}")
+                    raise
     finally:
         router.close()
         server.stop()

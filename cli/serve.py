@@ -38,11 +38,13 @@ def app_factory() -> Starlette:
               envvar="ROUTER_GATEWAY_REQUEST_TIMEOUT", help="seconds a chat completion may wait for its job")
 @click.option("--batch-max-in-flight", default=GatewayConfig.batch_max_in_flight, show_default=True, type=int,
               help="lines of one batch between submit and result")
+@click.option("--max-connections", default=GatewayConfig.max_connections, show_default=True, type=int,
+              help="Redis connections per process; each waiting completion or open stream holds one")
 @click.option("--batches/--no-batches", "run_batches", default=True, show_default=True,
               help="whether this gateway also drives batches (any gateway may resume any batch)")
 @click.option("--log-level", default="warning", show_default=True)
 def serve(host: str, port: int, workers: int, max_file_bytes: int, file_ttl: int, request_timeout: float,
-          batch_max_in_flight: int, run_batches: bool, log_level: str) -> None:
+          batch_max_in_flight: int, max_connections: int, run_batches: bool, log_level: str) -> None:
     """Serve the OpenAI HTTP API in front of the queue: /v1/chat/completions (stream too),
     /v1/models, /v1/files, /v1/batches; /healthz, /readyz, /metrics. Callers authenticate with
     tokens from `routerctl tokens create`."""
@@ -50,7 +52,7 @@ def serve(host: str, port: int, workers: int, max_file_bytes: int, file_ttl: int
 
     config = GatewayConfig(max_file_bytes=max_file_bytes, file_ttl_seconds=file_ttl,
                            request_timeout=request_timeout, batch_max_in_flight=batch_max_in_flight,
-                           run_batches=run_batches)
+                           max_connections=max_connections, run_batches=run_batches)
     os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
     os.environ["REDIS_URL"] = resolve_redis_url(Settings.from_env())  # every process, one server
     uvicorn.run("cli.serve:app_factory", factory=True, host=host, port=port, workers=workers,

@@ -35,6 +35,8 @@ class GatewayConfig:
     request_timeout: float = 600.0
     batch_max_in_flight: int = 64
     run_batches: bool = True
+    #: Redis connections of the request paths: each waiting completion or open stream holds one
+    max_connections: int = 2000
 
 
 class Gateway:
@@ -44,7 +46,10 @@ class Gateway:
         self.settings = settings
         self.config = config
         self.router = router or Router(settings)
-        self.arouter = AsyncRouter(self.router)
+        # read the pool's registry once before requests run in threads: the registry cache's
+        # first read must not race (a concurrent first reader saw it still empty)
+        self.router.pool.registry.current(force=True)
+        self.arouter = AsyncRouter(self.router, max_connections=config.max_connections)
         self.tokens = TokenStore(self.router.client, self.router.schema, self.router.limiter, self.router.budgets)
         self.files = FileStore(self.router.client, self.router.schema, max_bytes=config.max_file_bytes,
                                ttl_seconds=config.file_ttl_seconds)
