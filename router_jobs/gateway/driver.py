@@ -26,9 +26,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import redis
+
 from router_jobs.backend.scripts import ScriptSet, lua
 from router_jobs.batch.runner import BatchProgress, BatchRunner, _Bitmap
 from router_jobs.client.router import Router
+from router_jobs.errors import RouterJobsError
 from router_jobs.gateway import openai_format as fmt
 from router_jobs.gateway.batches import TERMINAL, BatchStore, validate_input
 from router_jobs.gateway.errors import ApiError
@@ -46,8 +49,17 @@ _STATUS = {"bad_request": 400, "invalid_request": 400, "request_too_large": 400,
            "invalid_json": 400, "unsupported": 400, "cancelled": 499, "expired": 504}
 
 
-class LeaseLost(Exception):
-    """Another process took the batch over (this one was too slow to renew)."""
+def succeeded(row: dict[str, Any]) -> bool:
+    """Whether an output line is a success (it goes to the output file, not the error file)."""
+    return row.get("error") is None and (row.get("response") or {}).get("status_code") == 200
+
+
+class LeaseLost(RouterJobsError):
+    """This process no longer drives ``batch_id`` (another took it over, or this one stops)."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"lost the lease of batch {batch_id}")
+        self.batch_id = batch_id
 
 
 class LeaseScripts(ScriptSet):
@@ -93,7 +105,7 @@ class RedisResults:
         seen, ok, bad = _Bitmap(), 0, 0
         for line, raw in self.client.hgetall(self.key).items():
             seen.add(int(line))
-            if json.loads(raw).get("error") is None and json.loads(raw)["response"]["status_code"] == 200:
+            if succeeded(json.loads(raw)):
                 ok += 1
             else:
                 bad += 1
@@ -160,8 +172,8 @@ class BatchDriver:
         while not self._stop.wait(self.poll):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - the loop must outlive one bad pass; logged, retried next pass
-                log.exception("batch driver pass failed")
+            except redis.RedisError as exc:  # Redis away for a moment: the next pass tries again
+                log.warning("batch driver pass failed: %s: %s", type(exc).__name__, exc)
 
     def tick(self) -> None:
         """One pass: take the lease of every active batch nobody drives, and drive it."""
@@ -187,8 +199,8 @@ class BatchDriver:
             self.drive(batch_id)
         except LeaseLost:
             log.warning("lost the lease of batch %s; another gateway drives it now", batch_id)
-        except Exception:  # noqa: BLE001 - logged; the lease lapses and the batch is resumed
-            log.exception("driving batch %s failed; it will be resumed", batch_id)
+        except (redis.RedisError, RouterJobsError) as exc:  # the batch is resumed from its results
+            log.warning("driving batch %s stopped (%s: %s); it will be resumed", batch_id, type(exc).__name__, exc)
         finally:
             self.scripts.lease(keys=[self.router.schema.gw_batch_lease(batch_id)],
                                args=[self.holder, "release", 0])
@@ -258,8 +270,7 @@ class BatchDriver:
         ok_lines: list[str] = []
         bad_lines: list[str] = []
         for row in sink.ordered():
-            good = row.get("error") is None and row["response"]["status_code"] == 200
-            (ok_lines if good else bad_lines).append(json.dumps(row, ensure_ascii=False))
+            (ok_lines if succeeded(row) else bad_lines).append(json.dumps(row, ensure_ascii=False))
         changes: dict[str, Any] = {"request_counts": {"total": 0, "completed": len(ok_lines),
                                                       "failed": len(bad_lines)}}
         found = self.batches.load(batch_id)
