@@ -139,3 +139,37 @@ def test_library_errors_map_to_openai_statuses() -> None:
     assert from_library_error(JobFailed("j", "request_too_large", "too long")).code == "context_length_exceeded"
     assert from_library_error(JobFailed("j", "transient", "boom")).status == 502
     assert set(limited.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_driver_gives_a_batch_up_when_another_process_takes_its_lease(redis_url: str, namespace: str) -> None:
+    import threading
+
+    from router_jobs.client.router import Router
+    from router_jobs.gateway.batches import BatchStore
+    from router_jobs.gateway.driver import BatchDriver
+    from tests.workerpool import fake_key, write_keys
+
+    router = Router(Settings(redis_url=redis_url, namespace=namespace,
+                             keys_file=write_keys([fake_key("fake-1", "m")])))
+    try:
+        files = FileStore(router.client, router.schema, max_bytes=10_000, ttl_seconds=60)
+        batches = BatchStore(router.client, router.schema, files)
+        f = files.create(("\n".join(line(f"r{i}") for i in range(5)) + "\n").encode(), filename="in.jsonl",
+                         purpose="batch", owner="u")
+        b = batches.create("u", input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="1h",
+                           metadata=None)
+        driver = BatchDriver(router, batches, files, lease_ms=300)
+        lease = router.schema.gw_batch_lease(b["id"])
+        assert router.client.set(lease, driver.holder, px=300)
+        # no worker runs: the lines stay queued and the run goes on until told otherwise
+        t = threading.Thread(target=driver._drive_leased, args=(b["id"],), daemon=True)
+        t.start()
+        assert router.client.set(lease, "another-gateway", px=60_000)  # taken over
+        t.join(30)
+        assert not t.is_alive()
+        assert router.client.get(lease) == b"another-gateway"  # not released by the old holder
+        obj = batches.load(b["id"])
+        assert obj is not None and obj[0]["status"] == "in_progress"  # left for the new holder
+        assert not router.client.hlen(router.schema.gw_batch_results(b["id"]))
+    finally:
+        router.close()

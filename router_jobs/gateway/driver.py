@@ -10,7 +10,7 @@ lease runs out and another process (or the same one restarted) takes over. Drivi
 2. ``in_progress``: the library's :class:`~router_jobs.batch.runner.BatchRunner` over a
    :class:`RedisLines` source and a :class:`RedisResults` sink. Job ids come from the batch id
    and the line number and each result is written as it arrives, so a resumed run submits
-   nothing twice and skips what is written. Its ``stop_check`` renews the lease and stops the
+   nothing twice and skips what is written. A thread renews the lease meanwhile; ``stop_check`` stops the
    run when the batch is cancelled or its completion window ends.
 3. ``finalizing``: the output and error files, in input order, in OpenAI's line format;
    then ``completed`` / ``cancelled`` / ``expired``.
@@ -153,6 +153,7 @@ class BatchDriver:
         self.scripts = LeaseScripts(router.client)
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
+        self._lost: dict[str, threading.Event] = {}
         self._loop: threading.Thread | None = None
 
     def start(self) -> None:
@@ -189,12 +190,23 @@ class BatchDriver:
                 self._threads[batch_id] = t
                 t.start()
 
-    def _renew(self, batch_id: str) -> None:
+    def _keep_lease(self, batch_id: str, done: threading.Event, lost: threading.Event) -> None:
+        """Renew the lease every third of its length until ``done``; set ``lost`` if another
+        process holds it now."""
         key = self.router.schema.gw_batch_lease(batch_id)
-        if not int(self.scripts.lease(keys=[key], args=[self.holder, "renew", self.lease_ms])):
-            raise LeaseLost(batch_id)
+        while not done.wait(self.lease_ms / 3000):
+            try:
+                if not int(self.scripts.lease(keys=[key], args=[self.holder, "renew", self.lease_ms])):
+                    lost.set()
+                    return
+            except redis.RedisError as exc:  # try again; the lease lasts three renewal periods
+                log.warning("renewing the lease of batch %s failed: %s", batch_id, exc)
 
     def _drive_leased(self, batch_id: str) -> None:
+        done, self._lost[batch_id] = threading.Event(), threading.Event()
+        renewer = threading.Thread(target=self._keep_lease, args=(batch_id, done, self._lost[batch_id]),
+                                   name=f"lease-{batch_id}", daemon=True)
+        renewer.start()
         try:
             self.drive(batch_id)
         except LeaseLost:
@@ -202,8 +214,17 @@ class BatchDriver:
         except (redis.RedisError, RouterJobsError) as exc:  # the batch is resumed from its results
             log.warning("driving batch %s stopped (%s: %s); it will be resumed", batch_id, type(exc).__name__, exc)
         finally:
+            done.set()
+            renewer.join()
+            self._lost.pop(batch_id, None)
             self.scripts.lease(keys=[self.router.schema.gw_batch_lease(batch_id)],
                                args=[self.holder, "release", 0])
+
+    def _check_lease(self, batch_id: str) -> None:
+        """Raise LeaseLost when this process must stop driving the batch."""
+        lost = self._lost.get(batch_id)
+        if self._stop.is_set() or (lost is not None and lost.is_set()):
+            raise LeaseLost(batch_id)
 
     # -- one batch ---------------------------------------------------------------------------
     def drive(self, batch_id: str) -> None:
@@ -240,15 +261,9 @@ class BatchDriver:
 
     def _run_lines(self, batch_id: str, obj: dict[str, Any], sink: RedisResults) -> str | None:
         expires_at = float(obj["expires_at"])
-        last_renew = time.monotonic()
 
         def stop_check() -> str | None:
-            nonlocal last_renew
-            if self._stop.is_set():
-                raise LeaseLost(batch_id)  # this process is stopping: leave the batch to a successor
-            if time.monotonic() - last_renew >= self.lease_ms / 3000:
-                self._renew(batch_id)
-                last_renew = time.monotonic()
+            self._check_lease(batch_id)  # stopping, or another process took over: leave it
             if self.batches.cancel_requested(batch_id):
                 sink.stop_reason = "cancelled"
             elif time.time() >= expires_at:
@@ -267,6 +282,7 @@ class BatchDriver:
         return runner.stopped
 
     def _finalize(self, batch_id: str, owner: str, sink: RedisResults, stopped: str | None) -> None:
+        self._check_lease(batch_id)
         ok_lines: list[str] = []
         bad_lines: list[str] = []
         for row in sink.ordered():
