@@ -7,7 +7,9 @@ after the other (paired, so both see the same machine load):
   chunk parsed (the provider's own first byte, as a caller of the SDK sees it);
 * broker: ``Router.submit(..., stream=True)`` then ``Router.stream(job)`` through a real
   ``routerctl worker`` pool — submit to first ``delta`` event read (queue, worker pick-up, key
-  reservation, the same SDK call, the event writer, the reader's XREAD wake-up).
+  reservation, the same SDK call, the event writer, the reader's XREAD wake-up);
+* unstreamed: the same job without ``stream=True``, submit to ``await_result`` returning (the
+  broker's own overhead on this machine at this moment, for reading the first two lines).
 
 Sequential requests, idle pool (one process, four threads).
 
@@ -69,6 +71,7 @@ def main() -> None:
     router = Router.from_env()
     provider: list[float] = []
     broker: list[float] = []
+    whole: list[float] = []
     try:
         with WorkerPool(env, processes=1, threads=4) as pool:
             pool.wait_consuming(redis_server.url, "slat")
@@ -90,6 +93,10 @@ def main() -> None:
                         break
                 assert first is not None, "no delta arrived"
                 broker.append(first)
+                time.sleep(0.1)
+                t = time.perf_counter()
+                router.await_result(router.submit(prompt, model=MODEL, max_output_tokens=64), timeout=60)
+                whole.append(time.perf_counter() - t)
     finally:
         router.close()
         fake.stop()
@@ -101,6 +108,7 @@ def main() -> None:
     print(f"broker first delta (submit->event) : p50 {p(broker, 50) * 1000:6.1f} ms   p99 {p(broker, 99) * 1000:6.1f} ms")
     print(f"added by the broker (paired)       : p50 {p(extra, 50) * 1000:6.1f} ms   p99 {p(extra, 99) * 1000:6.1f} ms"
           "   (aim: p50 <= 10 ms)")
+    print(f"unstreamed job, submit->result     : p50 {p(whole, 50) * 1000:6.1f} ms   p99 {p(whole, 99) * 1000:6.1f} ms")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@
   finish reason and final usage in the last; a function call comes whole in one part; an error
   after the 200 is a chunk ``data: {"error": {code, message, status}}``.
 
-A stream answers the scenarios ``ok`` (the echo text, a word per event), ``tool_call`` (a call
-of the request's first tool, or ``lookup``, with arguments ``{"query": <prompt>}``) and
-``stream_error`` (``after`` text events, then an error event of ``kind``: ``overloaded``,
-``server_error``, ``rate_limit`` or ``bad_request``). ``chunk_delay`` (seconds) paces any of them.
+A stream answers the scenarios ``ok`` (the fake model's turn: its text a word per event, or
+the tool calls it makes, their arguments in fragments), ``tool_call`` (a call even without
+tools: of ``lookup``, with arguments ``{"query": <prompt>}``) and
+``refusal`` / ``blocked`` (the model declines, or the answer is withheld, each provider in
+its own way), ``stream_error`` (``after`` text events, then an error event of ``kind``: ``overloaded``,
+``server_error``, ``rate_limit`` or ``bad_request``) and ``stream_cut`` (``after`` text
+events, then the stream ends with no finish). ``chunk_delay`` (seconds) paces any of them.
 """
 
 from __future__ import annotations
@@ -27,9 +30,19 @@ import time
 import uuid
 from typing import Any
 
-from fakeproviders.wire import Scenario
+from fakeproviders.wire import REFUSAL, Scenario
 
 _PIECE = re.compile(r"\S+\s*|\s+")
+
+#: The tool calls a streamed answer makes: (name, arguments) each.
+Calls = list[tuple[str, dict[str, Any]]]
+
+
+def is_streamed(provider: str, path: str, body: dict[str, Any]) -> bool:
+    """Whether a request asks for a streamed answer (Gemini: by its method; others: ``stream``)."""
+    if provider == "gemini":
+        return path.endswith(":streamGenerateContent")
+    return bool(body.get("stream"))
 
 
 def pieces(text: str) -> list[str]:
@@ -69,7 +82,8 @@ def tool_name(provider: str, body: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- OpenAI
 
 
-def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any]) -> list[bytes]:
+def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any],
+                  calls: Calls) -> list[bytes]:
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -79,18 +93,24 @@ def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
 
     out = [chunk({"role": "assistant", "content": "", "refusal": None})]
     finish = "stop"
-    if sc.name == "tool_call":
-        args = json.dumps({"query": text.removeprefix("echo: ")})
-        call_id = f"call_{uuid.uuid4().hex[:24]}"
-        out.append(chunk({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
-                                          "function": {"name": tool_name("openai", body), "arguments": ""}}]}))
-        out += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}) for f in arg_fragments(args)]
+    if sc.name in ("refusal", "blocked"):
+        if sc.name == "refusal":
+            out += [chunk({"refusal": p}) for p in pieces(REFUSAL)]
+        finish = "stop" if sc.name == "refusal" else "content_filter"
+    elif calls:
+        for i, (name, args) in enumerate(calls):
+            out.append(chunk({"tool_calls": [{"index": i, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                              "function": {"name": name, "arguments": ""}}]}))
+            out += [chunk({"tool_calls": [{"index": i, "function": {"arguments": f}}]})
+                    for f in arg_fragments(json.dumps(args))]
         finish = "tool_calls"
     else:
         parts = pieces(text)
-        if sc.name == "stream_error":
+        if sc.name in ("stream_error", "stream_cut"):
             parts = parts[:int(sc.num("after", 2))]
         out += [chunk({"content": p}) for p in parts]
+        if sc.name == "stream_cut":
+            return out
         if sc.name == "stream_error":
             kind = sc.options.get("kind", "server_error")
             etype, code = {"rate_limit": ("requests", "rate_limit_exceeded"),
@@ -111,31 +131,38 @@ def openai_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
 # ---------------------------------------------------------------- Anthropic
 
 
-def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any]) -> list[bytes]:
+def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any],
+                     calls: Calls) -> list[bytes]:
     start_usage = {"input_tokens": usage["input"] - usage["cached"], "cache_read_input_tokens": usage["cached"],
                    "cache_creation_input_tokens": 0, "output_tokens": 1}
     out = [_event("message_start", {"type": "message_start", "message": {
         "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}})]
     stop = "end_turn"
-    if sc.name == "tool_call":
-        args = json.dumps({"query": text.removeprefix("echo: ")})
-        out.append(_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
-            "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": tool_name("anthropic", body),
-            "input": {}}}))
-        out += [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "input_json_delta", "partial_json": f}})
-                for f in arg_fragments(args)]
+    if sc.name in ("refusal", "blocked"):
+        text = REFUSAL if sc.name == "refusal" else ""
+        calls, stop = [], "refusal"
+    if calls:
+        for i, (name, args) in enumerate(calls):
+            out.append(_event("content_block_start", {"type": "content_block_start", "index": i, "content_block": {
+                "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": name, "input": {}}}))
+            out += [_event("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                   "delta": {"type": "input_json_delta", "partial_json": f}})
+                    for f in arg_fragments(json.dumps(args))]
+            if i < len(calls) - 1:
+                out.append(_event("content_block_stop", {"type": "content_block_stop", "index": i}))
         stop = "tool_use"
     else:
         out.append(_event("content_block_start", {"type": "content_block_start", "index": 0,
                                                   "content_block": {"type": "text", "text": ""}}))
         out.append(_event("ping", {"type": "ping"}))
         parts = pieces(text)
-        if sc.name == "stream_error":
+        if sc.name in ("stream_error", "stream_cut"):
             parts = parts[:int(sc.num("after", 2))]
         out += [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                "delta": {"type": "text_delta", "text": p}}) for p in parts]
+        if sc.name == "stream_cut":
+            return out
         if sc.name == "stream_error":
             kind = sc.options.get("kind", "overloaded")
             etype, msg = {"server_error": ("api_error", "Internal server error"),
@@ -143,7 +170,7 @@ def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int],
                           "bad_request": ("invalid_request_error", "Invalid request")}.get(
                 kind, ("overloaded_error", "Overloaded"))
             return out + [_event("error", {"type": "error", "error": {"type": etype, "message": msg}})]
-    out.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    out.append(_event("content_block_stop", {"type": "content_block_stop", "index": max(0, len(calls) - 1)}))
     out.append(_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                                         "usage": {"output_tokens": usage["output"]}}))
     return out + [_event("message_stop", {"type": "message_stop"})]
@@ -152,7 +179,8 @@ def anthropic_stream(sc: Scenario, model: str, text: str, usage: dict[str, int],
 # ---------------------------------------------------------------- Gemini
 
 
-def gemini_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any]) -> list[bytes]:
+def gemini_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], body: dict[str, Any],
+                  calls: Calls) -> list[bytes]:
     rid = uuid.uuid4().hex[:20]
 
     def chunk(parts: list[dict[str, Any]], finish: str | None = None, final: bool = False) -> bytes:
@@ -166,10 +194,13 @@ def gemini_stream(sc: Scenario, model: str, text: str, usage: dict[str, int], bo
                          "cachedContentTokenCount": usage["cached"], "thoughtsTokenCount": usage["reasoning"]})
         return _data({"candidates": [cand], "usageMetadata": meta, "modelVersion": model, "responseId": rid})
 
-    if sc.name == "tool_call":
-        call = {"functionCall": {"name": tool_name("gemini", body), "args": {"query": text.removeprefix("echo: ")}}}
-        return [chunk([call], "STOP", final=True)]
+    if sc.name in ("refusal", "blocked"):
+        return [chunk([], "SAFETY", final=True)]
+    if calls:
+        return [chunk([{"functionCall": {"name": name, "args": args}} for name, args in calls], "STOP", final=True)]
     parts = pieces(text)
+    if sc.name == "stream_cut":
+        return [chunk([{"text": p}]) for p in parts[:int(sc.num("after", 2))]]
     if sc.name == "stream_error":
         kind = sc.options.get("kind", "overloaded")
         code, status, msg = {"server_error": (500, "INTERNAL", "An internal error has occurred."),

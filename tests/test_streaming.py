@@ -23,7 +23,7 @@ from tests.workerpool import WorkerPool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash"}
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-opus-4-6", "gemini": "gemini-2.5-flash"}
 PROVIDERS = tuple(MODELS)
 PROMPT = "tell me a story about seven small ducks crossing the river at dawn"
 
@@ -77,7 +77,7 @@ def test_deltas_arrive_in_order_and_assemble_to_the_result(system: System, provi
     job = system.router.submit(PROMPT, model=MODELS[provider], stream=True)
     events = collect(system.router, job)
     kinds = [e.type for e in events]
-    assert kinds[0] == "state" and events[0].status == "queued"
+    assert kinds[0] == "state" and events[0].status == "queued" and events[0].position is not None
     assert kinds[1] == "started" and events[1].provider == provider and events[1].key_id == f"{provider}-1"
     assert events[1].model and events[1].attempt == 1
     assert kinds[-1] == "done"
@@ -178,6 +178,51 @@ def test_a_retried_mid_stream_error_is_marked_never_spliced(system: System, prov
     assert assembled(events).text == result.content and result.attempts == 2
 
 
+WEATHER = {"name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_streamed_tool_loop_assembles_each_call_and_answer(system: System, provider: str) -> None:
+    question = [{"role": "user", "content": "weather in Paris?"}]
+    ask = system.router.submit(model=MODELS[provider], messages=question, tools=[WEATHER], stream=True)
+    events = collect(system.router, ask)
+    first = system.router.await_result(ask, timeout=10)
+    calls = [c.to_tool_call() for c in assembled(events).tool_calls]
+    assert first.finish_reason == "tool_calls" and [c.name for c in first.tool_calls] == ["get_weather"]
+    assert [(c.name, c.args()) for c in calls] == [(c.name, c.args()) for c in first.tool_calls]
+    answers = [{"role": "tool", "tool_call_id": c.id, "content": "sunny, 21 C"} for c in first.tool_calls]
+    follow = [*question, {"role": "assistant", "tool_calls": [c.model_dump() for c in first.tool_calls]}, *answers]
+    reply = system.router.submit(model=MODELS[provider], messages=follow, tools=[WEATHER], stream=True)
+    events = collect(system.router, reply)
+    final = system.router.await_result(reply, timeout=10)
+    assert assembled(events).text == final.content and "sunny, 21 C" in (final.content or "")
+    assert events[-1].finish_reason == final.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("scenario", ["refusal", "blocked"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_refusals_and_blocks_end_as_the_unstreamed_call_would(system: System, provider: str, scenario: str) -> None:
+    def ending(stream: bool) -> tuple[object, ...]:
+        system.servers[provider].script("*", [scenario])
+        job = system.router.submit(PROMPT, model=MODELS[provider], stream=stream)
+        events = collect(system.router, job)
+        r = system.router.await_result(job, timeout=30, raise_on_error=False)
+        acc = assembled(events)
+        if r.status == JobStatus.succeeded:  # what the reader assembled is what the result holds
+            assert (acc.text, acc.refusal, acc.finish_reason) == (r.content, r.refusal, r.finish_reason)
+        else:
+            assert events[-1].type == "error" and events[-1].error_type == r.error_type
+        return r.status, r.content, r.refusal, r.finish_reason, r.error_type
+
+    streamed, unstreamed = ending(True), ending(False)
+    assert streamed == unstreamed
+    if scenario == "blocked" or provider == "gemini":  # Gemini withholds a refused answer
+        assert streamed[0] == JobStatus.failed and streamed[4] == "content_blocked"
+    else:
+        assert streamed[:4] == (JobStatus.succeeded, "", "I can't help with that.", "refusal")
+
+
 def test_a_job_not_streamed_still_streams_its_result(system: System) -> None:
     job = system.router.submit(PROMPT, model=MODELS["openai"])
     system.router.await_result(job, timeout=30)
@@ -186,16 +231,18 @@ def test_a_job_not_streamed_still_streams_its_result(system: System) -> None:
     assert events[0].text == f"echo: {PROMPT}"
 
 
-def test_a_worker_sigkilled_mid_stream_leaves_a_marked_restart(redis_url: str, tmp_path: Path) -> None:
-    s = System(redis_url, tmp_path, "strmkill")
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_worker_sigkilled_mid_stream_leaves_a_marked_restart(redis_url: str, tmp_path: Path, provider: str) -> None:
+    ns = f"strmkill-{provider}"
+    s = System(redis_url, tmp_path, ns)
     try:
-        server = s.servers["openai"]
+        server = s.servers[provider]
         server.script("*", ["ok?chunk_delay=0.1", "ok"])
         long_prompt = " ".join(f"word{i}" for i in range(80))
         with WorkerPool(s.env, processes=1, threads=2) as victim:
-            victim.wait_consuming(redis_url, "strmkill")
+            victim.wait_consuming(redis_url, ns)
             [pid] = victim.worker_pids(1)
-            job = s.router.submit(long_prompt, model=MODELS["openai"], stream=True)
+            job = s.router.submit(long_prompt, model=MODELS[provider], stream=True)
             seen: list[StreamEvent] = []
             for ev in s.router.stream(job, timeout=60):
                 seen.append(ev)
@@ -203,7 +250,7 @@ def test_a_worker_sigkilled_mid_stream_leaves_a_marked_restart(redis_url: str, t
                     break
             os.kill(pid, signal.SIGKILL)
             with WorkerPool(s.env, processes=1, threads=2) as survivor:
-                survivor.wait_consuming(redis_url, "strmkill", processes=1)
+                survivor.wait_consuming(redis_url, ns, processes=1)
                 rest = collect(s.router, job, offset=seen[-1].id)
         events = seen + rest
         kinds = [e.type for e in events]
@@ -217,6 +264,21 @@ def test_a_worker_sigkilled_mid_stream_leaves_a_marked_restart(redis_url: str, t
         assert [e.seq for e in events] == list(range(len(events)))
     finally:
         s.close()
+
+
+def test_a_streamed_conversation_turn_joins_the_history(system: System) -> None:
+    conv = "stream-conv"
+    first = system.router.submit("first question", model=MODELS["openai"], conversation_id=conv, stream=True)
+    assert assembled(collect(system.router, first)).text == "echo: first question"
+    second = system.router.submit("second question", model=MODELS["anthropic"], conversation_id=conv, stream=True)
+    events = collect(system.router, second)
+    assert events[-1].type == "done" and assembled(events).text == "echo: second question"
+    history = system.router.conversations.history(conv)
+    assert [m.text for m in history] == ["first question", "echo: first question",
+                                         "second question", "echo: second question"]
+    # the second turn went to its provider with the first turn as history
+    rec = [r for r in system.servers["anthropic"].received() if r.prompt == "second question"][-1]
+    assert "echo: first question" in rec.text
 
 
 def test_reading_an_unknown_job_is_a_typed_error(system: System) -> None:

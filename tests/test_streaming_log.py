@@ -86,6 +86,16 @@ def test_the_assembler_voids_an_abandoned_attempt() -> None:
     assert acc.text == "whole answer" and acc.restarts == 1 and acc.finish_reason == "stop"
 
 
+def test_a_late_event_of_another_attempt_never_mixes_in() -> None:
+    acc = StreamAssembler()
+    for ev in [StreamEvent(type="started", attempt=1), delta("a"), StreamEvent(type="started", attempt=2),
+               delta("late", attempt=1), delta("fresh", attempt=2)]:
+        acc.feed(ev)
+    assert acc.text == "fresh"
+    acc.feed(StreamEvent(type="done", attempt=1))  # attempt 1 won after all: its answer is the result
+    assert acc.text == "alate"
+
+
 def _job(r: redis.Redis, schema: RedisSchema, status: JobStatus = JobStatus.queued,
          content: str | None = None) -> str:
     store = JobStore(r, schema)
@@ -161,8 +171,10 @@ def test_a_new_attempt_marks_one_cut_short_by_a_dead_worker(log: EventLog) -> No
 def test_an_attempt_after_a_marked_failure_adds_no_second_marker(log: EventLog) -> None:
     log.append("m", [StreamEvent(type="started", attempt=1), delta("half"),
                      StreamEvent(type="attempt_restarted", attempt=1, reason="overloaded")])
-    LiveAttempt.begin(log, "m", attempt=2).close()
-    assert [e.type for e in log.read_all("m")].count("attempt_restarted") == 1
+    live = LiveAttempt.begin(log, "m", attempt=2)
+    live.writer.emit(StreamEvent(type="started", attempt=2))
+    live.close()
+    assert [e.type for e in log.read_all("m")] == ["started", "delta", "attempt_restarted", "started"]
 
 
 def test_endings_and_finish_reasons() -> None:
@@ -172,3 +184,24 @@ def test_endings_and_finish_reasons() -> None:
     assert (ending_event(bad).type, ending_event(bad).error_type) == ("error", "bad_request")
     assert neutral_finish("end_turn", 0) == "stop" and neutral_finish("STOP", 1) == "tool_calls"
     assert neutral_finish("MAX_TOKENS", 0) == "length" and neutral_finish("weird", 0) == "other"
+    for neutral in ("stop", "length", "tool_calls", "content_filter", "refusal", "other"):
+        assert neutral_finish(neutral, 0) == neutral  # a reason already neutral stays
+
+
+class _Broken:
+    """An adapter with a bug (not a provider error)."""
+
+    name = "broken"
+
+    def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
+        raise RuntimeError("a bug")
+
+
+def test_a_failure_that_is_not_the_providers_stops_the_writer(log: EventLog) -> None:
+    live = LiveAttempt.begin(log, "b", attempt=1)
+    with pytest.raises(RuntimeError, match="a bug"):
+        live.run(_Broken(), ChatRequest(model="m", messages=[]), KeyCredentials("key-1", "s"), "broken")
+    thread = live.writer._thread
+    assert thread is not None
+    thread.join(timeout=5)
+    assert not thread.is_alive()

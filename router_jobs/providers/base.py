@@ -12,8 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from router_jobs.models import ChatMessage, Usage
-from router_jobs.request import FinishReason, Reasoning, ResponseFormat, Tool, ToolCall, ToolChoice
+from router_jobs.models import ChatMessage, JobSpec, Usage
+from router_jobs.request import (
+    ContentPart,
+    FinishReason,
+    ProviderPart,
+    Reasoning,
+    ResponseFormat,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,16 @@ class ChatRequest:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning: Reasoning | None = None
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec, model: str, messages: list[ChatMessage]) -> ChatRequest:
+        """The call a job makes on ``model`` with ``messages`` (history included)."""
+        return cls(
+            model=model, messages=messages, max_output_tokens=spec.max_output_tokens,
+            temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
+            seed=spec.seed, response_format=spec.response_format, tools=spec.tools, tool_choice=spec.tool_choice,
+            parallel_tool_calls=spec.parallel_tool_calls, reasoning=spec.reasoning,
+        )
 
     def output_format(self) -> ResponseFormat | None:
         """The answer format asked for (``json_output`` as a JSON-object format), or None."""
@@ -71,6 +91,16 @@ class ChatResponse:
     details: dict[str, str] = field(default_factory=dict)
     tool_calls: list[ToolCall] = field(default_factory=list)
     refusal: str | None = None
+    parts: list[ProviderPart] = field(default_factory=list)  # opaque state to keep in the conversation
+
+    def message(self) -> ChatMessage:
+        """The assistant message this reply adds to a conversation, provider-neutral: its text
+        (or refusal), its tool calls, and provider state to send back (``parts``)."""
+        text = self.refusal or self.content
+        content: str | list[ContentPart] = text
+        if self.parts:
+            content = [*self.parts, *([TextPart(text=text)] if text else [])]
+        return ChatMessage(role="assistant", content=content, tool_calls=list(self.tool_calls))
 
 
 @dataclass(frozen=True)
@@ -117,6 +147,7 @@ class StreamChunk:
     tool_call: ToolCallFragment | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
+    refusal: str = ""  # a piece of the model's refusal message (OpenAI streams it apart)
 
 
 class ChatStream(Protocol):

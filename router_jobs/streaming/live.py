@@ -1,9 +1,9 @@
 """The worker's side of a streamed job: one attempt's events, from ``started`` to its usage.
 
-:meth:`LiveAttempt.begin` looks at the stream's last event first: if an earlier attempt was
-under way (its ``started`` or deltas are last, no ending, no restart marker), its worker died
-mid-stream, and ``attempt_restarted`` (reason ``worker_lost``) goes in before anything of this
-attempt, so a reader never splices two attempts' text. An attempt that fails with an error the
+The attempt's first append looks at the stream's last event (in ``append_events.lua``): if an
+earlier attempt was under way (its ``started`` or deltas are last, no ending, no restart
+marker), its worker died mid-stream, and ``attempt_restarted`` (reason ``worker_lost``) goes
+in before anything of this attempt, so a reader never splices two attempts' text. An attempt that fails with an error the
 broker will retry marks itself abandoned the same way (reason: the error type).
 """
 
@@ -13,7 +13,7 @@ from router_jobs.errors import ContentBlocked, ProviderError
 from router_jobs.models import JobResult, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.request import FinishReason, ToolCall
-from router_jobs.streaming.events import ATTEMPT_EVENTS, StreamEvent, ToolCallDelta
+from router_jobs.streaming.events import StreamEvent, ToolCallDelta
 from router_jobs.streaming.log import EventLog
 
 
@@ -23,38 +23,49 @@ class LiveAttempt:
     def __init__(self, log: EventLog, job_id: str, attempt: int) -> None:
         self.job_id = job_id
         self.attempt = attempt
-        self.writer = log.writer(job_id)
+        self.writer = log.writer(job_id, opening=attempt)
         self.started = False
 
     @classmethod
     def begin(cls, log: EventLog, job_id: str, attempt: int) -> LiveAttempt:
-        """Open attempt number ``attempt``, marking an earlier one cut short by a dead worker."""
-        live = cls(log, job_id, attempt)
-        last = log.last(job_id)
-        if last is not None and last.type in ATTEMPT_EVENTS and (last.attempt or 0) < attempt:
-            live.writer.emit(StreamEvent(
-                type="attempt_restarted", attempt=last.attempt, reason="worker_lost",
-                message=f"the worker running attempt {last.attempt} stopped mid-stream; attempt {attempt} starts over",
-            ))
-        return live
+        """Open attempt number ``attempt``. Its first append marks an earlier attempt cut short
+        by a dead worker (``append_events.lua`` decides, atomically, in the same round trip)."""
+        return cls(log, job_id, attempt)
 
     def run(self, adapter: ProviderAdapter, request: ChatRequest, creds: KeyCredentials, provider: str) -> ChatResponse:
-        """Call the provider, streaming when the adapter can (else one delta with the answer)."""
+        """Call the provider, streaming when the adapter can (else one delta with the answer).
+
+        A ProviderError leaves the writer open for :meth:`abandon` or :meth:`close`; any other
+        failure (Redis gone, a bug) stops the writer and propagates.
+        """
+        try:
+            return self._run(adapter, request, creds, provider)
+        except ProviderError:
+            raise
+        except BaseException:
+            self.writer.abort()
+            raise
+
+    def _run(self, adapter: ProviderAdapter, request: ChatRequest, creds: KeyCredentials,
+             provider: str) -> ChatResponse:
+        # ``started`` goes out while the call is made: its round trip overlaps the provider's
+        # first byte, and a reader learns which model serves the job before the answer begins
+        self._started(request.model, provider, creds.key_id)
         open_stream = getattr(adapter, "open_stream", None)
         if open_stream is None:
             response = adapter.complete(request, creds)
-            self._started(response.model, provider, creds.key_id)
             if response.content:
                 self.writer.emit(StreamEvent(type="delta", attempt=self.attempt, text=response.content))
             self.writer.emit(StreamEvent(type="usage", attempt=self.attempt, usage=response.usage))
             self.writer.drain()
             return response
         stream = open_stream(request, creds)
-        self._started(stream.model, provider, creds.key_id)
         parts: list[str] = []
+        refused: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
         calls: dict[int, dict[str, str]] = {}
+        first = True
         try:
             for chunk in stream:
                 if chunk.text:
@@ -68,23 +79,35 @@ class LiveAttempt:
                     call["arguments"] += frag.arguments
                     self.writer.emit(StreamEvent(type="tool_call_delta", attempt=self.attempt, tool_call=ToolCallDelta(
                         index=frag.index, id=frag.id, name=frag.name, arguments=frag.arguments)))
+                if chunk.refusal:
+                    refused.append(chunk.refusal)
+                    self.writer.emit(StreamEvent(type="delta", attempt=self.attempt, refusal=chunk.refusal))
+                if first and (chunk.text or chunk.tool_call is not None or chunk.refusal):
+                    # wait for the first piece to be written: the flusher gets the GIL now,
+                    # not after this thread has parsed every chunk already received
+                    first = False
+                    self.writer.drain()
                 if chunk.usage is not None:
                     usage = chunk.usage
                 if chunk.finish_reason is not None:
                     finish = chunk.finish_reason
         finally:
             stream.close()
-        content = "".join(parts)
-        if finish in ("content_filter", "refusal") and not content and not calls:
+        content, refusal = "".join(parts), "".join(refused) or None
+        reason = neutral_finish(finish, len(calls))
+        if reason in ("content_filter", "refusal") and not (content or refusal) and not calls:
             raise ContentBlocked(f"{provider}: answer withheld ({finish})", provider=provider, status=200)
+        if reason == "refusal" or refusal:  # the text was the model declining: it is the refusal
+            refusal, content, reason = refusal or content, "", "refusal"
         if usage is not None:
             self.writer.emit(StreamEvent(type="usage", attempt=self.attempt, usage=usage))
         self.writer.drain()
         tool_calls = [ToolCall(id=c["id"] or f"call_{i}", name=c["name"] or "unnamed",
                                arguments=c["arguments"] or "{}") for i, c in sorted(calls.items())]
         return ChatResponse(content=content, usage=usage or Usage(), model=stream.model or request.model,
-                            finish_reason=neutral_finish(finish, len(tool_calls)), rate_limit=stream.rate_limit,
-                            details={"finish_reason": finish} if finish else {}, tool_calls=tool_calls)
+                            finish_reason=reason, rate_limit=stream.rate_limit,
+                            details={"finish_reason": finish} if finish else {}, tool_calls=tool_calls,
+                            refusal=refusal)
 
     def _started(self, model: str, provider: str, key_id: str) -> None:
         self.started = True
@@ -109,12 +132,13 @@ _FINISH: dict[str, FinishReason] = {
     "tool_calls": "tool_calls", "function_call": "tool_calls", "tool_use": "tool_calls",
     "content_filter": "content_filter", "SAFETY": "content_filter", "RECITATION": "content_filter",
     "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
-    "refusal": "refusal",
+    "refusal": "refusal", "other": "other",
 }
 
 
 def neutral_finish(raw: str | None, tool_calls: int) -> FinishReason | None:
-    """The neutral finish reason of a provider's own word (Gemini says STOP after a call)."""
+    """The neutral finish reason of a provider's own word (Gemini says STOP after a call);
+    a reason that is already neutral stays as it is."""
     if raw is None:
         return None
     reason = _FINISH.get(raw, "other")
@@ -126,7 +150,8 @@ def ending_event(result: JobResult) -> StreamEvent:
     attempt = result.attempts or None
     if result.status == JobStatus.succeeded:
         return StreamEvent(type="done", attempt=attempt, model=result.model, provider=result.provider,
-                           key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason)
+                           key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason,
+                           refusal=result.refusal)
     return StreamEvent(type="error", attempt=attempt, error_type=result.error_type or result.status.value,
                        message=result.error_message or f"job {result.status.value}")
 

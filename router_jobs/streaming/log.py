@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from router_jobs.backend.ops import Op, run
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
 from router_jobs.errors import BrokerError
@@ -75,20 +76,26 @@ class EventLog:
         self.schema = schema
         self.ttl_ms = ttl_seconds * 1000
         self.maxlen = maxlen
-        self.scripts = StreamScripts(client)
 
-    def append(self, job_id: str, events: Sequence[StreamEvent]) -> str | None:
-        """Append ``events`` (in one round trip); returns the last entry's id."""
+    def append_op(self, job_id: str, events: Sequence[StreamEvent], *, opening: int = 0) -> Op[str]:
+        """:meth:`append` as a round trip for either client (see :mod:`router_jobs.backend.ops`)."""
+        keys = [self.schema.job_events(job_id)]
+        args = [self.ttl_ms, self.maxlen, opening, *(e.encode() for e in events)]
+        return Op(lambda c: StreamScripts.on(c).append_events(keys=keys, args=args), _s)
+
+    def append(self, job_id: str, events: Sequence[StreamEvent], *, opening: int = 0) -> str | None:
+        """Append ``events`` (in one round trip); returns the last entry's id.
+
+        ``opening``: the attempt these events open. If the stream's last event is of an
+        earlier attempt still under way, its worker died mid-stream, and the script writes
+        ``attempt_restarted`` (reason ``worker_lost``) before them, atomically.
+        """
         if not events:
             return None
         try:
-            last = self.scripts.append_events(
-                keys=[self.schema.job_events(job_id)],
-                args=[self.ttl_ms, self.maxlen, *(e.encode() for e in events)],
-            )
+            return run(self.client, self.append_op(job_id, events, opening=opening))
         except redis.RedisError as exc:
             raise BrokerError(f"cannot append to the event stream of job {job_id}: {exc}") from exc
-        return _s(last)
 
     def last(self, job_id: str) -> StreamEvent | None:
         """The stream's last event, or None when it has none."""
@@ -100,9 +107,10 @@ class EventLog:
         rows: Any = self.client.xrange(self.schema.job_events(job_id))
         return [decode_entry(i, f) for i, f in rows]
 
-    def writer(self, job_id: str) -> EventWriter:
-        """A batching writer for one attempt's events (close it when the attempt ends)."""
-        return EventWriter(self, job_id)
+    def writer(self, job_id: str, *, opening: int = 0) -> EventWriter:
+        """A batching writer for one attempt's events (close it when the attempt ends); its
+        first append opens attempt ``opening`` (see :meth:`append`)."""
+        return EventWriter(self, job_id, opening=opening)
 
 
 class EventWriter:
@@ -113,9 +121,10 @@ class EventWriter:
     stops the flusher thread.
     """
 
-    def __init__(self, log: EventLog, job_id: str) -> None:
+    def __init__(self, log: EventLog, job_id: str, *, opening: int = 0) -> None:
         self.log = log
         self.job_id = job_id
+        self._opening = opening
         self._cond = threading.Condition()
         self._buffer: list[StreamEvent] = []
         self._writing = False
@@ -156,6 +165,14 @@ class EventWriter:
             if self._thread is not None:
                 self._thread.join()
 
+    def abort(self) -> None:
+        """Stop without writing what is still buffered (the attempt failed in a way that is
+        not the provider's: its events no longer matter, its thread must not linger)."""
+        with self._cond:
+            self._buffer.clear()
+            self._closed = True
+            self._cond.notify_all()
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -167,7 +184,8 @@ class EventWriter:
                 self._writing = True
             error: BrokerError | None = None
             try:
-                self.log.append(self.job_id, coalesce(batch))
+                self.log.append(self.job_id, coalesce(batch), opening=self._opening)
+                self._opening = 0
             except BrokerError as exc:
                 error = exc  # handed to the attempt: the next emit or drain raises it
             with self._cond:

@@ -63,13 +63,16 @@ class StreamCursor:
                                 message=result.error_message or f"job {result.status.value}")]
         out: list[StreamEvent] = []
         content = result.content or ""
-        if self.from_start and self.assembler.text != content:
-            if self.assembler.text or self.assembler.tool_calls:  # never splice: void what was read
-                out.append(StreamEvent(type="attempt_restarted", reason="resynced",
+        attempt = result.attempts or None
+        acc = self.assembler
+        if self.from_start and acc.text != content:
+            if acc.text or acc.tool_calls:  # never splice: void what was read
+                out.append(StreamEvent(type="attempt_restarted", attempt=acc.current, reason="resynced",
                                        message="the stream disagreed with the result; the result's text follows"))
-            out.append(StreamEvent(type="delta", attempt=result.attempts or None, text=content))
-        out.append(StreamEvent(type="done", attempt=result.attempts or None, model=result.model,
-                               provider=result.provider, key_id=result.key_id, usage=result.usage))
+            out.append(StreamEvent(type="delta", attempt=attempt, text=content))
+        out.append(StreamEvent(type="done", attempt=attempt, model=result.model, provider=result.provider,
+                               key_id=result.key_id, usage=result.usage, finish_reason=result.finish_reason,
+                               refusal=result.refusal))
         for ev in out:
             self.assembler.feed(ev)
         return out
@@ -91,10 +94,13 @@ def iter_events(client: redis.Redis, schema: RedisSchema, get: Callable[[str], J
     cursor = StreamCursor(job_id, offset)
     key = schema.job_events(job_id)
     deadline = None if timeout is None else clock() + timeout
-    if get(job_id) is None:
+    got: Any = client.xread({key: cursor.last_id}, count=_READ_COUNT)  # events already there: no lookup
+    if got:
+        yield from cursor.take(got)
+    elif get(job_id) is None:
         raise JobExpired(job_id, f"job {job_id} is unknown or its record expired")
     while not cursor.ended:
-        got: Any = client.xread({key: cursor.last_id}, count=_READ_COUNT, block=_block_ms(poll, deadline, clock()))
+        got = client.xread({key: cursor.last_id}, count=_READ_COUNT, block=_block_ms(poll, deadline, clock()))
         if got:
             yield from cursor.take(got)
             continue
@@ -117,10 +123,14 @@ async def aiter_events(client: redis.asyncio.Redis, schema: RedisSchema,
     cursor = StreamCursor(job_id, offset)
     key = schema.job_events(job_id)
     deadline = None if timeout is None else clock() + timeout
-    if await get(job_id) is None:
+    got: Any = await client.xread({key: cursor.last_id}, count=_READ_COUNT)  # events already there: no lookup
+    if got:
+        for event in cursor.take(got):
+            yield event
+    elif await get(job_id) is None:
         raise JobExpired(job_id, f"job {job_id} is unknown or its record expired")
     while not cursor.ended:
-        got: Any = await client.xread({key: cursor.last_id}, count=_READ_COUNT, block=_block_ms(poll, deadline, clock()))
+        got = await client.xread({key: cursor.last_id}, count=_READ_COUNT, block=_block_ms(poll, deadline, clock()))
         if got:
             for event in cursor.take(got):
                 yield event

@@ -27,11 +27,11 @@ from router_jobs.capacity.pool import Grant, KeyPool, ReserveRequest, Wait
 from router_jobs.conversations.turns import ChatTurns
 from router_jobs.jobs.records import JobStore, StartedJob
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
-from router_jobs.providers.base import ChatRequest, KeyCredentials, ProviderAdapter
-from router_jobs.request import FinishReason, ToolCall
+from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
 from router_jobs.streaming.live import LiveAttempt, ending_event, waiting_event
 from router_jobs.streaming.log import EventLog
+from router_jobs.tokens import estimate_extra_tokens
 
 log = logging.getLogger("router_jobs.worker")
 
@@ -142,7 +142,8 @@ class Executor:
             messages = self.chat.messages(spec)
         else:
             messages = spec.chat_messages()
-        input_tokens = self.estimate_tokens(messages, spec.model)
+        input_tokens = self.estimate_tokens(messages, spec.model) + estimate_extra_tokens(
+            spec.tools, spec.output_format(), spec.model)
         waited = job.now - job.queued_at
         use_fallbacks = spec.max_wait is None or waited >= spec.max_wait
         models = spec.models() if use_fallbacks else [spec.model]
@@ -178,8 +179,8 @@ class Executor:
             return self._end(job, queue, JobStatus.expired, "expired",
                              f"no key had room before the deadline ({wait.reason})")
         self.jobs.park(job.job_id, attempts=job.attempts, excluded=job.excluded)
+        self._state(job, "waiting for capacity", delay)  # before the job can be taken up again
         defer(delay)
-        self._state(job, "waiting for capacity", delay)
         self.observer.job_deferred(spec, delay, wait.reason)
         return "deferred"
 
@@ -196,10 +197,7 @@ class Executor:
             return self._retry(job, queue, attempts, job.excluded | {grant.key_id}, 0, defer,
                                "secret_unavailable", str(exc))
         creds = KeyCredentials(key_id=grant.key_id, api_key=api_key, base_url=grant.base_url, timeout=grant.timeout)
-        call = ChatRequest(
-            model=grant.model, messages=messages, max_output_tokens=spec.max_output_tokens,
-            temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
-        )
+        call = ChatRequest.from_spec(spec, grant.model, messages)
         try:
             adapter = self.adapter_for(grant.provider)
         except errors.ConfigError as exc:  # e.g. the provider's SDK is not installed
@@ -238,7 +236,7 @@ class Executor:
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)
         self.observer.provider_call(grant, seconds, None, response.usage)
         if self.chat is not None:
-            self.chat.record(job.job_id, spec, response.content, response.usage, grant)
+            self.chat.record(job.job_id, spec, response.message(), response.usage, grant)
         if self.budgets is not None and self.key_cost is not None:
             cost = self.key_cost(grant.key_id)
             if cost is not None:
@@ -246,8 +244,7 @@ class Executor:
                                           user_id=spec.user_id)
         return self._end(
             job, queue, JobStatus.succeeded, None, None, attempts=attempts, grant=grant,
-            content=response.content, usage=response.usage, provider_time=seconds,
-            finish_reason=response.finish_reason, tool_calls=response.tool_calls,
+            content=response.content, usage=response.usage, provider_time=seconds, response=response,
         )
 
     def _retry(self, job: StartedJob, queue: str, attempts: int, excluded: frozenset[str], delay: int,
@@ -257,8 +254,8 @@ class Executor:
                              f"gave up after {attempts} attempts; last error: {message}",
                              attempts=attempts, grant=grant)
         self.jobs.park(job.job_id, attempts=attempts, excluded=excluded)
+        self._state(job, f"retrying after {error_type}", delay)  # before the job can be taken up again
         defer(delay)
-        self._state(job, f"retrying after {error_type}", delay)
         self.observer.job_deferred(job.spec, delay, error_type)
         return "deferred"
 
@@ -269,13 +266,16 @@ class Executor:
     def _end(self, job: StartedJob, queue: str, status: JobStatus, error_type: str | None,
              error_message: str | None, *, attempts: int | None = None, grant: Grant | None = None,
              content: str | None = None, usage: Usage | None = None, provider_time: float | None = None,
-             finish_reason: FinishReason | None = None, tool_calls: list[ToolCall] | None = None) -> str:
+             response: ChatResponse | None = None) -> str:
         spec = job.spec
         finished = time.time()
         result = JobResult(
             job_id=job.job_id,
             status=status,
             content=content,
+            tool_calls=response.tool_calls if response else [],
+            finish_reason=response.finish_reason if response else None,
+            refusal=response.refusal if response else None,
             usage=usage or Usage(),
             key_id=grant.key_id if grant else None,
             provider=grant.provider if grant else None,
@@ -290,8 +290,6 @@ class Executor:
             error_message=error_message,
             conversation_id=spec.conversation_id,
             metadata=spec.metadata,
-            finish_reason=finish_reason,
-            tool_calls=tool_calls or [],
         )
         if self.jobs.finish(result, queue=queue) == 1:
             if spec.stream and self.events is not None:  # after the record: readers fall back to it
