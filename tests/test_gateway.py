@@ -287,3 +287,46 @@ def test_stream_is_fed_by_the_durable_job_stream(client: openai.OpenAI, router: 
     job_id = chunks[0].id.removeprefix("chatcmpl-")
     events = [e.type for e in router.stream(job_id, timeout=5)]
     assert events[0] == "state" and "started" in events and events[-1] == "done"
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "fake-model"])
+def test_tool_calling_loop_through_the_gateway(client: openai.OpenAI, model: str) -> None:
+    messages: list[dict[str, object]] = [{"role": "user", "content": "weather in Paris?"}]
+    first = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert "city" in json.loads(call.function.arguments)
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}]
+    second = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER])  # type: ignore[arg-type]
+    assert second.choices[0].message.content == "echo: sunny, 21C"
+    # streamed: the tool call arrives as tool_calls deltas that join into the same call
+    chunks = list(client.chat.completions.create(model=model, messages=messages[:1], tools=[WEATHER],  # type: ignore[arg-type]
+                                                 stream=True))
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas and deltas[0].function is not None and deltas[0].function.name == "get_weather"
+    args = "".join(d.function.arguments or "" for d in deltas if d.function is not None)
+    assert "city" in json.loads(args)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_response_format_and_images_pass_through(client: openai.OpenAI, openai_server: FakeProviderServer) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+              "additionalProperties": False}
+    out = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "as json"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}})
+    assert "answer" in json.loads(out.choices[0].message.content or "")
+    pixel = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+    out = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}}]}])
+    assert out.choices[0].message.content == "echo: what is this?"
+    sent = [r for r in openai_server.received() if r.prompt == "what is this?"][-1]
+    assert pixel in json.dumps(sent.body)

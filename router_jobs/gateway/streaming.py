@@ -86,15 +86,15 @@ class JobStreamEvents:
         self.timeout = timeout
 
     async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
-        sent = False
+        sent = sent_text = sent_tools = False
         usage: Usage | None = None
         try:
             async for ev in self.router.stream(job_id, timeout=self.timeout):
                 if ev.type == "delta" and ev.text:
-                    sent = True
+                    sent = sent_text = True
                     yield JobEvent("delta", text=ev.text, model=ev.model)
                 elif ev.type == "tool_call_delta" and ev.tool_call is not None:
-                    sent = True
+                    sent = sent_tools = True
                     tc = ev.tool_call
                     call: dict[str, Any] = {"index": tc.index, "function": {"arguments": tc.arguments}}
                     if tc.id:
@@ -112,6 +112,11 @@ class JobStreamEvents:
                         f"job {job_id} goes on", type="server_error", code="stream_restarted"))
                     return
                 elif ev.type == "done":
+                    # what the adapter did not stream (some stream no tool calls) is in the result
+                    want_tools = not sent_tools and ev.finish_reason == "tool_calls"
+                    if not sent_text or want_tools:
+                        async for filled in self._whole_answer(job_id, text=not sent_text, tools=want_tools):
+                            yield filled
                     yield JobEvent("usage", usage=ev.usage or usage)
                     yield JobEvent("done", model=ev.model, finish_reason=fmt.openai_finish(ev.finish_reason))
                     return
@@ -124,6 +129,17 @@ class JobStreamEvents:
             yield JobEvent("error", error=from_library_error(exc))
         except RouterJobsError as exc:
             yield JobEvent("error", error=from_library_error(exc))
+
+
+    async def _whole_answer(self, job_id: str, *, text: bool, tools: bool) -> AsyncIterator[JobEvent]:
+        """The result's text and/or tool calls as events (for a job whose events lacked them)."""
+        result = await self.router.status(job_id)
+        if result is None:
+            return
+        if text and result.content:
+            yield JobEvent("delta", text=result.content, model=result.model)
+        for i, call in enumerate(result.tool_calls if tools else []):
+            yield JobEvent("tool_call", data={"index": i, **fmt.tool_call(call)})
 
 
 def _sse(obj: Any) -> bytes:
