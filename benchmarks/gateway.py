@@ -133,6 +133,9 @@ def cpu_seconds(pid: int) -> float:
 async def bench(env: dict[str, str], gw: GatewayProcess, token: str, args: argparse.Namespace,
                 pool_pid: int) -> dict[str, object]:
     ar = AsyncRouter(Router(Settings.from_env(env)), max_connections=4 * args.clients)
+    # the registry cache's first read must complete before concurrent submits (a concurrent
+    # first reader sees it still empty: "no active key serves model")
+    await ar.served_models()
     limits = httpx.Limits(max_connections=args.clients + 10, max_keepalive_connections=args.clients + 10)
     client = openai.AsyncOpenAI(base_url=gw.url, api_key=token, max_retries=0, timeout=120,
                                 http_client=httpx.AsyncClient(limits=limits, timeout=120))

@@ -42,9 +42,12 @@ def app_factory() -> Starlette:
               help="Redis connections per process; each waiting completion or open stream holds one")
 @click.option("--batches/--no-batches", "run_batches", default=True, show_default=True,
               help="whether this gateway also drives batches (any gateway may resume any batch)")
+@click.option("--keep-alive", default=75, show_default=True, type=int,
+              help="seconds an idle client connection stays open (longer than a load balancer's idle timeout)")
 @click.option("--log-level", default="warning", show_default=True)
 def serve(host: str, port: int, workers: int, max_file_bytes: int, file_ttl: int, request_timeout: float,
-          batch_max_in_flight: int, max_connections: int, run_batches: bool, log_level: str) -> None:
+          batch_max_in_flight: int, max_connections: int, run_batches: bool, keep_alive: int,
+          log_level: str) -> None:
     """Serve the OpenAI HTTP API in front of the queue: /v1/chat/completions (stream too),
     /v1/models, /v1/files, /v1/batches; /healthz, /readyz, /metrics. Callers authenticate with
     tokens from `routerctl tokens create`."""
@@ -56,7 +59,7 @@ def serve(host: str, port: int, workers: int, max_file_bytes: int, file_ttl: int
     os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
     os.environ["REDIS_URL"] = resolve_redis_url(Settings.from_env())  # every process, one server
     uvicorn.run("cli.serve:app_factory", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
+                log_level=log_level, access_log=False, timeout_keep_alive=keep_alive)
 
 
 COMMANDS = [serve]
