@@ -236,7 +236,9 @@ class RegistryCache:
         version = yield self.store.version_op()
         if version != self._version or force:
             self._version, self.keys, self.groups = yield self.store.read_op()
-        self._checked = mono  # only now: a thread racing this one must not see the unread cache
+        # marked only once read: a concurrent first caller (another coroutine) reads too,
+        # instead of taking the empty cache for the registry
+        self._checked = mono
         return self
 
     def current(self, *, force: bool = False) -> RegistryCache:
