@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from cli.common import echo_json, fail, json_option, router
+from router_jobs.capacity.keysync import KeysFileCheck
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.errors import ConfigError
 from router_jobs.ops import reads as ops
@@ -146,14 +147,33 @@ def clear(key_id: str, as_json: bool) -> None:
     _done(as_json, key_id, _known(key_id).clear(key_id), "cleared")
 
 
+def _applied(check: KeysFileCheck, keys: list[str], as_json: bool) -> None:
+    if as_json:
+        d = check.diff
+        echo_json({"applied": str(check.path), "keys": keys, "added": d.added, "removed": d.removed,
+                   "changed": d.changed, "quota_groups_changed": d.groups})
+    else:
+        click.echo(check.message())
+
+
+@keys.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+def apply(file: Path, as_json: bool) -> None:
+    """Replace the pool's keys with the keys file FILE (undoes live add/remove; key states and
+    usage stay). The only command (with `worker --apply-keys`) that writes a keys file to a
+    registry already in use."""
+    pool = _pool()
+    _applied(ops.apply_keys(pool, file), pool.key_ids(), as_json)
+
+
 @keys.command()
 @click.option("--file", "path", type=click.Path(path_type=Path), help="keys file (default: ROUTER_KEYS_FILE)")
 @json_option
 def reload(path: Path | None, as_json: bool) -> None:
-    """Replace the pool's keys with the keys file (undoes live add/remove; states stay)."""
+    """Same as `keys apply`, with the configured keys file (ROUTER_KEYS_FILE) by default."""
     r = router()
-    n = ops.reload_keys(r.pool, path or r.settings.keys_file)
-    echo_json({"reloaded": n, "keys": r.pool.key_ids()}) if as_json else click.echo(f"reloaded {n} key(s)")
+    _applied(ops.apply_keys(r.pool, path or r.settings.keys_file), r.pool.key_ids(), as_json)
 
 
 COMMANDS = [keys]

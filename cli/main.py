@@ -12,9 +12,10 @@ from typing import Any
 import click
 import redis
 
-from cli.common import FAILED, USAGE
+from cli.common import FAILED, USAGE, router
 from router_jobs.backend.connection import resolve_redis_url
 from router_jobs.errors import ConfigError, JobValidationError, RouterJobsError
+from router_jobs.ops.workers import live_workers, stale_after
 from router_jobs.settings import Settings
 from router_jobs.worker.lifeline import die_with_parent
 from router_jobs.worker.preflight import REFUSED, check_worker_config
@@ -22,6 +23,17 @@ from router_jobs.worker.preflight import REFUSED, check_worker_config
 
 class RouterGroup(click.Group):
     """The root group: library errors become one clear line and a documented exit code."""
+
+    def main(self, args: Any = None, *a: Any, **kw: Any) -> Any:
+        """Refuse arguments that are not valid UTF-8 up front (one line, exit 2), before any
+        of them reaches Redis, a file name or a job."""
+        argv = list(sys.argv[1:] if args is None else args)
+        for n, arg in enumerate(argv, 1):
+            if isinstance(arg, str) and not _is_utf8(arg):
+                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                click.echo(f"error: argument {n} ({shown!r}) is not valid UTF-8", err=True)
+                sys.exit(USAGE)
+        return super().main(argv, *a, **kw)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -35,6 +47,14 @@ class RouterGroup(click.Group):
         except redis.RedisError as exc:
             click.echo(f"error: redis: {type(exc).__name__}: {exc}", err=True)
             ctx.exit(FAILED)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates
+        return False
+    return True
 
 
 @click.group(cls=RouterGroup)
@@ -62,8 +82,15 @@ def cli() -> None:
 @click.option("--queues", "-Q", multiple=True, help="queues to consume (default: all)")
 @click.option("--restart/--no-restart", default=True, show_default=True,
               help="start the pool again when a worker process dies")
-def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool) -> None:
+@click.option("--apply-keys", is_flag=True,
+              help="replace the key registry with the keys file (ROUTER_KEYS_FILE) before starting")
+def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool, apply_keys: bool) -> None:
     """Start a pool of worker processes (runs `dramatiq workers`).
+
+    The key registry in Redis is the pool's truth: an empty one is seeded from the keys file;
+    a file that differs from a registry in use (some worker alive) is reported with the
+    differing key ids, not applied, unless --apply-keys is given. With no worker alive, a
+    keys file whose content no worker used before (an edit) is applied (the line says so).
 
     Each worker process warms up before it takes work: it loads the SDK of every configured
     provider and builds every key's client, so a first call costs what any call costs."""
@@ -71,6 +98,11 @@ def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool)
     check_worker_config(settings)  # an invalid keys file: one line, exit 2, no pool started
     env = dict(os.environ)
     env["REDIS_URL"] = resolve_redis_url(settings)  # workers find the same (embedded) server
+    r = router()
+    idle = live_workers(r.client, r.schema, stale_after(settings)) == 0
+    check = r.pool.check_file(settings.keys_file, apply=apply_keys, pool_idle=idle)
+    if check.outcome != "same":
+        click.echo(f"routerctl: {check.message()}", err=True)
     argv = [sys.executable, "-m", "dramatiq", "workers", "--processes", str(processes),
             "--threads", str(threads)]
     if queues:

@@ -15,6 +15,13 @@ from router_jobs.observability.gauges import KeyStatuses
 from router_jobs.observability.logs import configure_logging
 from router_jobs.settings import Settings
 
+#: what `metrics serve` says when the workers' counters cannot reach it
+MULTIPROC_UNSET = (
+    "warning: PROMETHEUS_MULTIPROC_DIR is unset: /metrics serves only the Redis-derived gauges (queues, "
+    "workers, keys), not the workers' counters (jobs, latency, tokens, spend). Set the same "
+    "PROMETHEUS_MULTIPROC_DIR for `routerctl worker` and `routerctl metrics serve` on this host."
+)
+
 
 def pool_key_statuses(client: Any, schema: RedisSchema) -> KeyStatuses | None:
     """``RedisKeyPool(...).key_statuses`` when the exact key pool is installed, else None."""
@@ -47,6 +54,8 @@ def serve(host: str, port: int | None, redis_gauges: bool) -> None:
     logging.getLogger("router_jobs.observability.exporter").info(
         "serving metrics on %s:%d (multiprocess folder: %s)", host, server.port,
         settings.prometheus_multiproc_dir or "none")
+    if settings.prometheus_multiproc_dir is None:
+        click.echo(MULTIPROC_UNSET, err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ the key pool's by more than any margin covers. :class:`ProcessFakeServer` runs a
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,8 @@ from fakeproviders.server import FakeProviderServer, KeyLimit, Record
 
 
 def _child(conn: Any, provider: str, keys: dict[str, str], limits: dict[str, KeyLimit], latency: float) -> None:
+    # Ctrl-C reaches the whole foreground process group: the parent decides when to stop us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = FakeProviderServer(provider, keys=keys, limits=limits, latency=latency)
     conn.send(server.start())
     while True:

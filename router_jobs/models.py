@@ -7,11 +7,12 @@ a secret: keys are referred to by ``key_id``.
 
 from __future__ import annotations
 
+import math
 import time
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from router_jobs.request import (
     Content,
@@ -32,6 +33,51 @@ Objective = Literal["fairness", "cost", "reliability", "latency"]
 
 #: Hard ceilings that catch absurd values before they reach a queue.
 MAX_OUTPUT_TOKENS_CEILING = 1_000_000
+#: How deeply ``metadata`` may nest (JSON objects and arrays).
+MAX_METADATA_DEPTH = 32
+
+
+def check_text(value: str) -> str:
+    """``value`` unchanged if it can be sent as UTF-8; a lone surrogate (from a broken decode
+    or a JSON ``\\ud800`` escape) cannot, and would fail far from the caller."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid text (it holds a lone surrogate, not UTF-8)") from None
+    return value
+
+
+def check_json_value(value: Any, max_depth: int = MAX_METADATA_DEPTH) -> Any:
+    """``value`` unchanged if it is plain JSON: only str, finite numbers, bool, None, lists and
+    objects with string keys, nested at most ``max_depth`` deep, valid text throughout.
+    Walks without recursion, so a value nested 100,000 deep is refused, not a crash."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            raise ValueError(f"nests deeper than {max_depth} levels")
+        if isinstance(item, str):
+            check_text(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("holds NaN or infinity (not JSON)")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"has a key of type {type(k).__name__} (JSON keys are strings)")
+                check_text(k)
+                stack.append((v, depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+        elif item is not None and not isinstance(item, (bool, int)):
+            raise ValueError(f"holds a {type(item).__name__}, which is not JSON")
+    return value
+
+
+#: A string that must be sendable as UTF-8.
+Text = Annotated[str, AfterValidator(check_text)]
+#: A finite float (NaN and infinity refused).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class Priority(StrEnum):
@@ -76,6 +122,16 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
     name: str | None = None
     is_error: bool = False
+
+    @field_validator("content")
+    @classmethod
+    def _content_is_text(cls, v: Content) -> Content:
+        if isinstance(v, str):
+            return check_text(v)
+        for part in v:
+            if isinstance(part, TextPart):
+                check_text(part.text)
+        return v
 
     @model_validator(mode="after")
     def _shape_fits_role(self) -> ChatMessage:
@@ -124,15 +180,15 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str | None = None
+    prompt: Text | None = None
     messages: list[ChatMessage] | None = None
-    system_prompt: str | None = None
-    model: str
-    fallback_models: list[str] = Field(default_factory=list)
-    max_output_tokens: int = 1024
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: list[str] | None = None
+    system_prompt: Text | None = None
+    model: Text
+    fallback_models: list[Text] = Field(default_factory=list)
+    max_output_tokens: Annotated[int, Strict()] = 1024  # True or 12.5 is a caller's bug, not a count
+    temperature: Finite | None = None
+    top_p: Finite | None = None
+    stop: list[Text] | None = None
     seed: int | None = None
     json_output: bool = False  # shorthand for response_format=ResponseFormat(type="json_object")
     response_format: ResponseFormat | None = None
@@ -140,16 +196,21 @@ class JobSpec(BaseModel):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning: Reasoning | None = None
-    conversation_id: str | None = None
+    conversation_id: Text | None = None
     turn_seq: int | None = None  # set by submit for conversation turns: their order
-    user_id: str | None = None
+    user_id: Text | None = None
     priority: Priority = Priority.interactive
-    deadline: float | None = None  # epoch seconds; the job expires if not started by then
-    max_wait: float | None = None  # seconds to wait for room before trying fallback models
+    deadline: Finite | None = None  # epoch seconds; the job expires if not started by then
+    max_wait: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # seconds to wait for room
     objective: Objective = "fairness"
-    idempotency_key: str | None = None
+    idempotency_key: Text | None = None
     stream: bool = False  # the worker streams the answer into the job's event stream
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_json(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_json_value(v)
 
     @field_validator("max_output_tokens")
     @classmethod
@@ -180,6 +241,8 @@ class JobSpec(BaseModel):
             raise ValueError("prompt: must not be empty (or give messages)")
         if self.messages is not None and not self.messages:
             raise ValueError("messages: must not be empty")
+        if self.messages is not None and self.prompt is None and all(m.role == "system" for m in self.messages):
+            raise ValueError("messages: hold only system messages; give a user message too")
         names = [t.name for t in self.tools or []]
         if len(set(names)) != len(names):
             raise ValueError("tools: tool names must be unique")

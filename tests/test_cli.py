@@ -26,9 +26,11 @@ SECRET_2 = "sk-test-secret-value-0002"
 def env(redis_url: str, namespace: str, tmp_path: Path) -> dict[str, str]:
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"keys": [fake_key("fake-1", rpm=100), fake_key("fake-2", rpm=50, rpd=1000)]}))
-    return {"REDIS_URL": redis_url, "ROUTER_NAMESPACE": namespace, "ROUTER_KEYS_FILE": str(keys),
-            "SECRET_STORE_TYPE": "env", "API_KEY_FAKE_1": SECRET_1, "API_KEY_FAKE_2": SECRET_2,
-            "ROUTER_STATE_DIR": str(tmp_path / "state")}
+    env = {"REDIS_URL": redis_url, "ROUTER_NAMESPACE": namespace, "ROUTER_KEYS_FILE": str(keys),
+           "SECRET_STORE_TYPE": "env", "API_KEY_FAKE_1": SECRET_1, "API_KEY_FAKE_2": SECRET_2,
+           "ROUTER_STATE_DIR": str(tmp_path / "state")}
+    run(env, "keys", "apply", str(keys))  # what a worker does with an empty registry
+    return env
 
 
 def run(env: dict[str, str], *args: str, code: int | None = 0, input: str | None = None) -> Result:
@@ -70,7 +72,8 @@ def test_submit_refusals_exit_2(env: dict[str, str]) -> None:
     assert "no active key serves model 'nope'" in res.output
     bad = dict(env, ROUTER_KEYS_FILE=str(Path(env["ROUTER_KEYS_FILE"]).with_name("bad.json")))
     Path(bad["ROUTER_KEYS_FILE"]).write_text('{"keys": [{"key_id": "x"}]}')
-    assert "field" in run(bad, "queues", code=2).output
+    assert "field" in run(bad, "keys", "apply", bad["ROUTER_KEYS_FILE"], code=2).output
+    run(bad, "queues")  # a read-only command never reads (or applies) the keys file
 
 
 def test_keys_listing_and_live_changes(env: dict[str, str]) -> None:

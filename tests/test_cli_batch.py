@@ -176,3 +176,34 @@ def test_batch_lines_with_tools_and_schemas_run_through_the_queue(env: dict[str,
                                                                                               {"city": "Rome"})]
     assert json.loads(got["schema"]["content"]) == {"summary": "echo: sum up"}
     assert got["audio"]["status"] == "failed" and got["audio"]["error"]["type"] == "unsupported"
+
+
+@pytest.mark.e2e
+def test_bad_lines_fail_alone_and_a_resume_goes_past_them(env: dict[str, str], tmp_path: Path) -> None:
+    src, out = tmp_path / "bad.jsonl", tmp_path / "bad-out.jsonl"
+    deep = '{"prompt": "x", "metadata": ' + '{"a": ' * 1000 + "1" + "}" * 1000 + "}"
+    lines = [
+        json.dumps({"custom_id": "ok-1", "prompt": "first"}),
+        '{"custom_id": "sur\\udfff", "prompt": "lone \\ud800 surrogate"}',  # valid JSON, invalid text
+        deep,  # 1,000 levels deep
+        '{"prompt": "x", "metadata": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}",  # under the line limit
+        '{"prompt": "x", "max_tokens": ' + "9" * 5000 + "}",  # an integer Python will not convert
+        '{"prompt": "x", "temperature": NaN}',
+        '{"messages": [{"role": "system", "content": "only a system prompt"}]}',
+        json.dumps({"custom_id": "ok-2", "prompt": "last"}),
+    ]
+    src.write_bytes(("\n".join(lines) + "\n").encode() + b'{"prompt": "raw \xff bytes"}\n')
+    args = ["batch", "run", str(src), "--out", str(out), "--model", "fake-model", "--json"]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 1, result.output  # failed items, not a crash
+    records = {r["line"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    assert sorted(records) == list(range(1, 10))
+    assert records[1]["status"] == records[8]["status"] == records[9]["status"] == "succeeded"
+    assert records[9]["content"] == "echo: raw \ufffd bytes"  # undecodable bytes are replaced, not fatal
+    for n in (2, 3, 4, 5, 6, 7):
+        assert records[n]["status"] == "failed" and records[n]["job_id"] is None, records[n]
+        assert records[n]["error"]["type"] in ("invalid_json", "invalid_request"), records[n]
+    assert records[2]["custom_id"] == "sur?" and "surrogate" in records[2]["error"]["message"]
+    assert "metadata" in records[4]["error"]["message"]  # refused by the job's own check, naming the field
+    again = CliRunner().invoke(cli, args, env=env)
+    assert again.exit_code == 1 and json.loads(again.stdout)["skipped"] == 9

@@ -9,13 +9,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
+from router_jobs.backend.ops import Op
 from router_jobs.capacity.config import parse_keys
 from router_jobs.client.router import Router
-from router_jobs.errors import JobCancelled, JobExpired, JobFailed, JobTimeout, JobValidationError
+from router_jobs.errors import (
+    JobCancelled,
+    JobExpired,
+    JobFailed,
+    JobTimeout,
+    JobValidationError,
+)
 from router_jobs.models import JobResult, JobStatus
 from router_jobs.settings import Settings
 
@@ -169,3 +177,79 @@ def test_as_completed_timeout_and_unknown_jobs(router: Router) -> None:
     assert only.status == JobStatus.expired
     with pytest.raises(JobTimeout):
         list(router.as_completed([job], timeout=0.2))
+
+
+def test_a_turn_whose_enqueue_failed_does_not_stall_its_conversation(router: Router,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    real = router.jobs.submit_op
+
+    def broken(*args: Any, **kwargs: Any) -> Op[tuple[str, bool]]:
+        def send(client: Any) -> Any:
+            raise redis.ConnectionError("connection reset")
+        return Op(send, real(*args, **kwargs).parse)
+
+    first = router.submit("turn 1", model="fake-model", conversation_id="c-stall")
+    spec1 = router.jobs.spec(first.job_id)
+    assert spec1 is not None and spec1.turn_seq == 1
+    with monkeypatch.context() as m:
+        m.setattr(router.jobs, "submit_op", broken)
+        with pytest.raises(redis.ConnectionError):
+            router.submit("turn 2", model="fake-model", conversation_id="c-stall")
+    third = router.submit("turn 3", model="fake-model", conversation_id="c-stall")
+    spec3 = router.jobs.spec(third.job_id)
+    assert spec3 is not None and spec3.turn_seq == 3
+    assert router.conversations.turn_gate("c-stall", 1)
+    router.conversations.finish_turn("c-stall", 1)
+    assert router.conversations.turn_gate("c-stall", 3)  # turn 2 never was: nothing to wait for
+
+
+def test_a_turn_whose_enqueue_answer_was_lost_keeps_its_place(router: Router,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    real = router.jobs.submit_op
+
+    def lost_reply(*args: Any, **kwargs: Any) -> Op[tuple[str, bool]]:
+        op = real(*args, **kwargs)
+
+        def send(client: Any) -> Any:
+            op.send(client)  # the job is queued ...
+            raise redis.ConnectionError("connection reset")  # ... and the answer is lost
+        return Op(send, op.parse)
+
+    with monkeypatch.context() as m:
+        m.setattr(router.jobs, "submit_op", lost_reply)
+        with pytest.raises(redis.ConnectionError):
+            router.submit("turn 1", model="fake-model", conversation_id="c-lost")
+    second = router.submit("turn 2", model="fake-model", conversation_id="c-lost")
+    assert router.conversations.turn_gate("c-lost", 1)  # the queued turn 1 still runs first
+    assert not router.conversations.turn_gate("c-lost", 2)
+    assert stream_len(router) == 2 and second.job_id
+
+
+def test_the_async_router_releases_a_failed_turn_too(router: Router, redis_url: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from router_jobs.client.async_router import AsyncRouter
+
+    real = router.jobs.submit_op
+
+    def broken(*args: Any, **kwargs: Any) -> Op[tuple[str, bool]]:
+        def send(client: Any) -> Any:
+            raise redis.ConnectionError("connection reset")
+        return Op(send, real(*args, **kwargs).parse)
+
+    async def scenario() -> None:
+        arouter = AsyncRouter(router)
+        try:
+            await arouter.submit("turn 1", model="fake-model", conversation_id="c-async")
+            monkeypatch.setattr(router.jobs, "submit_op", broken)
+            with pytest.raises(redis.ConnectionError):
+                await arouter.submit("turn 2", model="fake-model", conversation_id="c-async")
+            monkeypatch.setattr(router.jobs, "submit_op", real)
+            await arouter.submit("turn 3", model="fake-model", conversation_id="c-async")
+        finally:
+            await arouter.client.aclose()
+
+    asyncio.run(scenario())
+    router.conversations.finish_turn("c-async", 1)
+    assert router.conversations.turn_gate("c-async", 3)

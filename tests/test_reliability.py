@@ -302,5 +302,5 @@ def test_client_raises_broker_error_when_redis_stays_down() -> None:
     url = server.url
     server.stop()
     settings = Settings.from_env({"REDIS_URL": url, "ROUTER_KEYS_FILE": str(write_keys([fake_key()]))})
-    with pytest.raises(BrokerError, match="applying the keys file: redis unreachable for 0.3s"):
+    with pytest.raises(BrokerError, match="reading the key registry: redis unreachable for 0.3s"):
         Router(settings, redis_budget=0.3)  # what Router.from_env() builds (budget 10 s)

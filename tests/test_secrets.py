@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from router_jobs.errors import ConfigError, SecretStoreError
+from router_jobs.providers import errors_map
 from router_jobs.secrets.redaction import Redactor, install_log_redaction
 from router_jobs.secrets.stores import (
     AwsSecretStore,
@@ -188,3 +189,54 @@ def test_redactor_and_log_filter(caplog: pytest.LogCaptureFixture) -> None:
         logging.getLogger().removeFilter(filt)
         for h in logging.getLogger().handlers:
             h.removeFilter(filt)
+
+
+KEY = "sk-proj-Q7v9xK2mN4pL8rT1wY6zB3cD5fG0hJeU"
+ECHOES = [
+    # OpenAI's own masked echo: visible head and tail around stars
+    "Incorrect API key provided: sk-proj-Q7v9****************************hJeU. You can find your API key at ...",
+    "invalid key sk-pr...0hJeU",  # a gateway's short form
+    "the key …fG0hJeU was revoked",  # only a tail
+    '{"error": {"message": "key \'sk-proj-Q7v9xK2mN4pL\' is not allowed"}}',  # its first 20 characters
+    "upstream said: Q7v9xK2mN4pL8rT1wY6z\nB3cD5fG0hJeU",  # cut by a line break: both halves are pieces
+    "token mN4pL8rT1w in the body",  # a piece from the middle
+]
+
+
+@pytest.mark.parametrize("body", ECHOES)
+def test_pieces_of_a_secret_echoed_by_a_provider_are_redacted(body: str, caplog: pytest.LogCaptureFixture) -> None:
+    red = Redactor([KEY])
+    pieces = {KEY[i:i + 8] for i in range(len(KEY) - 7)} | {"hJeU", "0hJeU", "fG0hJeU"}
+    clean = red.redact(body)
+    assert "[REDACTED]" in clean and not any(p in clean for p in pieces), clean
+    assert not any(p in errors_map.redact(body, [KEY]) for p in pieces)  # error messages in results too
+    logger = logging.getLogger("rj.test.fragments")
+    filt = install_log_redaction(red)
+    caplog.handler.addFilter(filt)
+    try:
+        logger.error("provider error: %s", body)
+        assert not any(p in caplog.text for p in pieces)
+    finally:
+        logging.getLogger().removeFilter(filt)
+        for h in logging.getLogger().handlers:
+            h.removeFilter(filt)
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    red = Redactor([KEY])
+    for text in ("Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 500, Used 500.",
+                 "loading... done", "error *** see above", "sk-ab***"):
+        assert red.redact(text) == text
+
+
+def test_every_piece_of_eight_or_more_is_found_wherever_it_sits() -> None:
+    red = Redactor([KEY])
+    for start in range(len(KEY) - 8 + 1):
+        for length in (8, 9, 11, 13):
+            piece = KEY[start:start + length]
+            if len(piece) < 8:
+                continue
+            for pad in range(5):  # the piece at every alignment against the scan's stride
+                text = "x" * pad + " said " + piece + " then"
+                clean = red.redact(text)
+                assert piece not in clean and "[REDACTED]" in clean, (start, length, pad, clean)

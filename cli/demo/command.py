@@ -27,7 +27,8 @@ def demo(prompts: int | None, fast: bool, quiet: bool, as_json: bool) -> None:
     """Run everything locally: embedded Redis, fake OpenAI and Anthropic servers with per-key
     limits, two worker pools, a batch of 1,000 prompts and a few chats, a live view of queues
     and keys, and a summary (throughput vs. capacity, 429s, per-key traffic, latency).
-    Exit 1 when the run was not clean (failed jobs, 429s, a window over its limit)."""
+    Exit 1 when the run was not clean (failed jobs, 429s, a window over its limit), with one
+    `demo failed:` line per reason on stderr (which key and window drew a 429, and when)."""
     plan = DemoPlan.fast(prompts or 100) if fast else DemoPlan.standard(prompts or 1000)
     out = sys.stderr if as_json else sys.stdout
     tty = out.isatty()
@@ -54,6 +55,8 @@ def demo(prompts: int | None, fast: bool, quiet: bool, as_json: bool) -> None:
              and summary["provider_429s"] == 0 and summary["windows_within_limits"]
              and summary["interactive"]["failed"] == 0)
     if not clean:
+        for line in summary["failures"] or ["the run was not clean (see the summary above)"]:
+            click.echo(f"demo failed: {line}", err=True)
         raise click.exceptions.Exit(FAILED)
 
 

@@ -153,3 +153,44 @@ def window_checks(keys: list[DemoKey], servers: dict[str, ProcessFakeServer]) ->
                          "share": round(100 * ok / total, 1), "http_429": sum(1 for r in recs if r.status == 429),
                          "max_in_window": peak, "within_limit": peak <= k.requests}
     return out
+
+
+def rate_limit_findings(keys: list[DemoKey], servers: dict[str, ProcessFakeServer]) -> list[str]:
+    """One line per key that drew 429s from its fake server: which window, how many, when
+    (seconds since the server's first request), and what the server had admitted in that
+    window just before: the operator's answer to "why did the demo fail?"."""
+    lines: list[str] = []
+    for k in keys:
+        recs = servers[k.provider].received(k.key_id)
+        hits = [r for r in recs if r.status == 429]
+        if not hits:
+            continue
+        start = recs[0].time if recs else 0.0
+        first = hits[0]
+        admitted = sum(1 for r in recs if r.status == 200 and first.time - k.window < r.time <= first.time)
+        kinds = sorted({r.scenario.replace("rate_limit_", "") for r in hits})
+        lines.append(
+            f"key {k.key_id} ({k.provider}) drew {len(hits)} x 429 on its {k.label} window "
+            f"({'/'.join(kinds)} limit), the first {first.time - start:.1f}s into the run, when the server had "
+            f"admitted {admitted} of {k.requests} in the {k.window:g}s before it (the server saw more requests "
+            f"in that window than the pool meant to send)"
+        )
+    return lines
+
+
+def failure_findings(summary: dict[str, Any], rate_limits: list[str]) -> list[str]:
+    """Every reason the run was not clean, one line each (empty: it was clean)."""
+    out = list(rate_limits)
+    for key_id, k in summary["per_key"].items():
+        if not k["within_limit"]:
+            out.append(f"key {key_id} admitted {k['max_in_window']} requests in one window, over its {k['limit']}")
+    if summary["failed"]:
+        out.append(f"{summary['failed']} batch line(s) failed" + (f" (first: {summary['first_failure']})"
+                                                                   if summary.get("first_failure") else ""))
+    if summary["completed"] + summary["failed"] != summary["submitted"]:
+        out.append(f"only {summary['completed'] + summary['failed']} of {summary['submitted']} batch lines ended")
+    inter = summary["interactive"]
+    if inter["failed"]:
+        out.append(f"{inter['failed']} chat turn(s) failed" + (f" (first: {inter['first_failure']})"
+                                                             if inter.get("first_failure") else ""))
+    return out

@@ -28,19 +28,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from cli.demo.plan import (
     ANTHROPIC_MODEL,
     OPENAI_MODEL,
     DemoPlan,
+    failure_findings,
     percentile,
+    rate_limit_findings,
     theoretical_min_seconds,
     window_checks,
 )
 from fakeproviders import ProcessFakeServer
 from router_jobs.backend.connection import EmbeddedRedis
 from router_jobs.batch.runner import BatchProgress, BatchRunner
+from router_jobs.capacity.config import load_keys
 from router_jobs.client.router import Router
-from router_jobs.errors import BrokerError
+from router_jobs.errors import BrokerError, RouterJobsError
 from router_jobs.ops import reads as ops
 from router_jobs.ops import views
 from router_jobs.ops.workers import live_workers
@@ -67,6 +72,7 @@ class Demo:
         self.chat_failures: list[str] = []
         self.conv_ids: list[str] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- setting up ---------------------------------------------------------------------------
     def _start_servers(self) -> dict[str, str]:
@@ -127,6 +133,15 @@ class Demo:
         self.progress = p
 
     def _chat(self, n: int) -> None:
+        try:
+            self._chat_turns(n)
+        except (redis.RedisError, OSError, ValueError, RouterJobsError) as exc:
+            if self._stopping.is_set():
+                return  # torn down under it (Ctrl-C): nothing to report
+            with self._lock:
+                self.chat_failures.append(f"{type(exc).__name__}: {exc}")
+
+    def _chat_turns(self, n: int) -> None:
         assert self.router is not None
         conv = f"demo-chat-{n}"
         self.conv_ids.append(conv)
@@ -168,7 +183,8 @@ class Demo:
             base_urls = {p: s.base_url for p, s in self.servers.items()}
             keys_file.write_text(json.dumps(self.plan.keys_document(base_urls), indent=2))
             url = self.redis.ensure_running()
-            self.router = Router(self._settings(url, keys_file))
+            # the demo owns its namespace: its keys (fresh fake-server ports) replace any earlier run's
+            self.router = Router(self._settings(url, keys_file), keys=load_keys(keys_file))
             self._start_workers(url, keys_file, secret_env)
             self._wait_for_workers()
             src, out = self.tmp / "prompts.jsonl", self.tmp / "results.jsonl"
@@ -201,12 +217,13 @@ class Demo:
         assert self.router is not None and self.progress is not None
         p = self.progress
         per_key = window_checks(self.plan.keys, self.servers)
+        rate_limits = rate_limit_findings(self.plan.keys, self.servers)
         requests = sum(k["requests"] for k in per_key.values())
         ideal = theoretical_min_seconds(self.plan.keys, requests)
         convs = {c: (self.router.conversations.metadata(c) or {}).get("message_count", 0) for c in self.conv_ids}
         lat_ms = [x * 1000 for x in self.latencies]
         lines = out.read_text().splitlines() if out.exists() else []
-        return {
+        summary: dict[str, Any] = {
             "prompts": self.plan.prompts,
             "submitted": p.total,
             "completed": p.done,
@@ -232,11 +249,16 @@ class Demo:
             },
             "spend_usd": round(self.router.budgets.report().get("total", 0.0), 6),
             "workers": self.plan.workers,
+            "first_failure": _first_failed_line(lines),
         }
+        summary["interactive"]["first_failure"] = self.chat_failures[0] if self.chat_failures else None
+        summary["failures"] = failure_findings(summary, rate_limits)
+        return summary
 
     # -- tearing down -------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop workers (gracefully, then harder), fake servers and Redis; remove the folder."""
+        self._stopping.set()
         for p in self.workers:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -263,6 +285,19 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _first_failed_line(lines: list[str]) -> str | None:
+    """``line N: type: message`` of the first failed output line, if any."""
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if rec.get("status") != "succeeded":
+            err = rec.get("error") or {}
+            return f"line {rec.get('line')}: {err.get('type')}: {err.get('message')}"
+    return None
 
 
 def _round(v: float | None) -> float | None:

@@ -60,11 +60,17 @@ async def arun(client: Any, op: Op[T]) -> T:
 
 
 def drive(client: Any, steps: Steps[T]) -> T:
-    """Run a rule to its end on a sync client; exceptions the rule raises pass through."""
+    """Run a rule to its end on a sync client; exceptions the rule raises pass through. A
+    round trip that fails is raised inside the rule, which may clean up (and re-raise)."""
     try:
         op = next(steps)
         while True:
-            op = steps.send(run(client, op))
+            try:
+                value = run(client, op)
+            except BaseException as exc:  # noqa: BLE001 - not swallowed: the rule sees it, may clean up, re-raises
+                op = steps.throw(exc)
+            else:
+                op = steps.send(value)
     except StopIteration as done:
         return done.value
 
@@ -74,6 +80,11 @@ async def adrive(client: Any, steps: Steps[T]) -> T:
     try:
         op = next(steps)
         while True:
-            op = steps.send(await arun(client, op))
+            try:
+                value = await arun(client, op)
+            except BaseException as exc:  # noqa: BLE001 - not swallowed: the rule sees it, may clean up, re-raises
+                op = steps.throw(exc)
+            else:
+                op = steps.send(value)
     except StopIteration as done:
         return done.value

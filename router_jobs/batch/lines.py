@@ -24,7 +24,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from router_jobs.models import check_json_value
+
 SUPPORTED_URLS = ("/v1/chat/completions", "/chat/completions", "/v1/messages")
+#: How deeply a line may nest; a request body needs a handful of levels.
+MAX_LINE_DEPTH = 64
+
+
+def _printable(text: str) -> str:
+    """``text`` with anything that cannot be written as UTF-8 replaced (it is echoed back)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class LineError(ValueError):
@@ -224,9 +233,18 @@ def parse_line(line_no: int, text: str) -> BatchRequest:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LineError("invalid_json", f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise LineError("invalid_json", f"nests deeper than {MAX_LINE_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise LineError("invalid_json", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise LineError("invalid_json", "a line must be a JSON object")
-    custom_id = None if obj.get("custom_id") is None else str(obj["custom_id"])
+    raw_id = obj.get("custom_id")
+    custom_id = None if raw_id is None else _printable(str(raw_id))
+    try:
+        check_json_value(obj, MAX_LINE_DEPTH)
+    except ValueError as exc:  # a lone surrogate (\\ud800), NaN, absurd nesting: this line only
+        raise LineError("invalid_request", f"the line {exc}", custom_id) from None
     try:
         return _request(line_no, obj, custom_id)
     except LineError as exc:

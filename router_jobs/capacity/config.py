@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -111,6 +112,22 @@ class KeyConfig(Limits):
     def _key_id_chars(cls, v: str) -> str:
         if any(c.isspace() for c in v) or any(c in v for c in "{}"):
             raise ValueError("must not contain whitespace or braces")
+        if any(not c.isprintable() for c in v):  # NUL, control characters, lone surrogates
+            raise ValueError("must hold printable characters only")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError("is not a URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://api.example.com/v1")
         return v
 
     @model_validator(mode="after")

@@ -71,7 +71,6 @@ is therefore one slot; run several pools (``pool=``) to spread very large deploy
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -83,8 +82,9 @@ import redis
 from router_jobs.backend.ops import Op, Steps, drive
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
-from router_jobs.capacity.config import KeyConfig, KeysFile, load_keys
+from router_jobs.capacity.config import KeyConfig, KeysFile
 from router_jobs.capacity.health import SEP, KeyHealth, next_pacific_midnight_ms, server_ms
+from router_jobs.capacity.keysync import KeysFileCheck, check_keys_file
 from router_jobs.capacity.pool import Grant, ReserveRequest, Wait
 from router_jobs.capacity.registry import RegistryCache, RegistryStore
 from router_jobs.errors import KeyInvalid, ProviderError, ProviderRateLimited, QuotaExhausted
@@ -143,8 +143,8 @@ class RedisKeyPool:
         self.store = RegistryStore(client, schema, pool)
         self.registry = RegistryCache(self.store, refresh_interval)
         self.health = KeyHealth(client, schema, pool, self.registry, self.scripts, margin_ms=self.margin_ms)
-        if keys is not None and self.store.version() == 0:
-            self.load(keys)
+        if keys is not None and self.store.replace(keys, only_if_empty=True):
+            self.registry.current(force=True)
 
     # ------------------------------------------------------------------ registry
     def load(self, keys_file: KeysFile) -> None:
@@ -154,23 +154,11 @@ class RedisKeyPool:
 
     reload = load
 
-    def sync_file(self, path: str | Path) -> bool:
-        """Apply the keys file at ``path`` if its content changed since it was last applied.
-
-        Editing ``keys.json`` takes effect at the next start of any process, while an
-        operator's live changes (add, remove, disable …) survive restarts as long as the file
-        is unchanged. Returns True when the file was applied. A missing file changes nothing.
-        """
-        p = Path(path)
-        if not p.exists():
-            return False
-        digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        marker = self.ks.pool_part(self.pool, "file")
-        if _text(self.client.get(marker) or b"") == digest and self.store.version() > 0:
-            return False
-        self.load(load_keys(p))
-        self.client.set(marker, digest)
-        return True
+    def check_file(self, path: str | Path, *, apply: bool = False, pool_idle: bool = False) -> KeysFileCheck:
+        """Seed an empty registry from the keys file at ``path``, or report how the file differs
+        from the registry; replace the registry with it when ``apply`` (or, with ``pool_idle``,
+        when the file changed since last applied; see :mod:`router_jobs.capacity.keysync`)."""
+        return check_keys_file(self, path, apply=apply, pool_idle=pool_idle)
 
     def add_key(self, cfg: KeyConfig) -> None:
         """Add a key (or replace the config of one with the same ``key_id``) at run time."""

@@ -106,13 +106,38 @@ class RegistryStore:
         return run(self.client, self.read_op())
 
     # -- writing
-    def replace(self, keys_file: KeysFile) -> None:
-        """Make the stored registry exactly ``keys_file`` (key states and usage logs stay)."""
+    def remember_file(self, digest: str) -> bool:
+        """Note that a worker started with a keys file of this content (``digest``); True when
+        none had before (one entry per distinct content ever used: a handful)."""
+        return bool(self.client.sadd(self.ks.pool_part(self.pool, "files"), digest))
+
+    def replace(self, keys_file: KeysFile, *, only_if_empty: bool = False) -> bool:
+        """Make the stored registry exactly ``keys_file`` (key states and usage logs stay).
+
+        With ``only_if_empty`` the registry is written only if it was never written (version
+        0), atomically: of several processes seeding at once exactly one writes. Returns
+        whether it wrote.
+        """
         ks, pool = self.ks, self.pool
-        _, old_keys, old_groups = self.read()
-        old_models = {m.decode() if isinstance(m, bytes) else str(m) for m in self.client.smembers(ks.pool_models(pool))}
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(ks.pool_version(pool))
+                    if only_if_empty and int(pipe.get(ks.pool_version(pool)) or 0) != 0:
+                        return False
+                    _, old_keys, old_groups = self.read()
+                    old_models = {_str(m) for m in pipe.smembers(ks.pool_models(pool))}
+                    pipe.multi()
+                    self._write_all(pipe, keys_file, old_keys, old_groups, old_models)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue  # another writer bumped the version meanwhile: look again
+
+    def _write_all(self, pipe: Any, keys_file: KeysFile, old_keys: dict[str, KeyConfig],
+                   old_groups: dict[str, QuotaGroup], old_models: set[str]) -> None:
+        ks, pool = self.ks, self.pool
         new_models = keys_file.models() | {m for k in keys_file.keys for m in k.served_models()}
-        pipe = self.client.pipeline(transaction=True)
         for gone in set(old_keys) - {k.key_id for k in keys_file.keys}:
             pipe.hdel(ks.pool_registry(pool), gone)
             pipe.hdel(ks.pool_spec(pool), gone)
@@ -133,7 +158,6 @@ class RegistryStore:
         if new_models:
             pipe.sadd(ks.pool_models(pool), *new_models)
         pipe.incr(ks.pool_version(pool))
-        pipe.execute()
 
     def add(self, cfg: KeyConfig, *, groups: Iterable[str]) -> None:
         """Add or replace one key. Its ``quota_group`` must already be defined."""
@@ -188,6 +212,10 @@ class RegistryStore:
             pipe.zadd(ks.pool_cost(pool, model), {cfg.key_id: price})
 
 
+def _str(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 class RegistryCache:
     """A worker's copy of the registry, refreshed when the stored version changes."""
 
@@ -223,6 +251,11 @@ class RegistryCache:
     def served_models(self) -> set[str]:
         """Every model that at least one active key serves, as last read."""
         return {m for k in self.keys.values() if k.active for m in k.served_models()}
+
+    @property
+    def version(self) -> int:
+        """The registry version last read (0: never written, -1: not read yet)."""
+        return self._version
 
     def providers_by_model(self) -> dict[str, set[str]]:
         """For every model an active key serves: the providers of those keys, as last read."""

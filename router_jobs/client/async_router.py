@@ -58,8 +58,8 @@ class AsyncRouter:
         await self.aclose()
 
     async def served_models(self) -> set[str]:
-        """Models some active key of the pool serves (from the registry in Redis)."""
-        return await adrive(self.client, self.sync.pool.models_steps())
+        """Models some active key of the pool serves (see ``Router.served_models``)."""
+        return await adrive(self.client, self.sync.served_models_steps())
 
     async def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
                      on_rate_limit: str = "raise", **fields: Any) -> JobHandle:

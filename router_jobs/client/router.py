@@ -9,6 +9,7 @@ thousands of jobs over one connection.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -16,13 +17,14 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from router_jobs.admission.budgets import Budgets
 from router_jobs.admission.userlimits import UserLimiter
 from router_jobs.backend.connection import OUTAGE_BUDGET, connect, redis_call, resolve_redis_url
-from router_jobs.backend.ops import drive
+from router_jobs.backend.ops import Steps, drive
 from router_jobs.backend.schema import RedisSchema
-from router_jobs.capacity.config import KeysFile
+from router_jobs.capacity.config import KeysFile, load_keys
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.client import rules, seedcalls
 from router_jobs.client.waiting import JobWaiter
@@ -42,6 +44,20 @@ JobRef = JobHandle | str
 def job_id_of(job: JobRef) -> str:
     """The job id of a handle or of an id string."""
     return job.job_id if isinstance(job, JobHandle) else str(job)
+
+
+def check_delay(delay: Any, settings: Settings) -> float:
+    """``delay`` as seconds, or :class:`JobValidationError`: it must be a finite number from 0 up
+    to the job record's lifetime (a job held back longer would expire before it could run)."""
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise JobValidationError("delay", f"must be a number of seconds, not {type(delay).__name__}")
+    if not math.isfinite(delay) or delay < 0:
+        raise JobValidationError("delay", "must be a finite number of seconds, at least 0")
+    if delay > settings.job_ttl_seconds:
+        raise JobValidationError(
+            "delay", f"is over the job record lifetime of {settings.job_ttl_seconds}s (ROUTER_JOB_TTL_SECONDS)"
+        )
+    return float(delay)
 
 
 _PART_TAGS = {"text", "image", "provider"}
@@ -96,7 +112,10 @@ def validate_spec(fields: dict[str, Any], settings: Settings,
                 raise JobValidationError(field_name, f"no active key serves model {model!r} (served: {known})")
         if isinstance(served, Mapping):
             check_spec(spec, served)
-    size = len(spec.model_dump_json())
+    try:
+        size = len(spec.model_dump_json())
+    except PydanticSerializationError:  # text no field check caught (a tool's description ...)
+        raise JobValidationError("job", "holds text that is not valid Unicode (a lone surrogate)") from None
     if size > settings.max_payload_bytes:
         raise JobValidationError(
             "prompt" if spec.messages is None else "messages",
@@ -114,9 +133,10 @@ class Router:
       settings: the configuration.
       client: a redis-py client; by default one is made for ``settings`` (embedded Redis when
         ``REDIS_URL`` is unset).
-      keys: a key configuration to load into the pool's registry in Redis; by default the
-        keys file (``settings.keys_file``) is applied when its content changed since it was
-        last applied (see ``RedisKeyPool.sync_file``).
+      keys: a key configuration to write into the pool's registry in Redis (replacing it).
+        By default a Router never writes the registry: workers seed an empty one from their
+        keys file, and operators change it (``routerctl keys apply``). Until some worker has
+        seeded it, jobs are checked against the models of ``settings.keys_file``.
       redis_budget: seconds the constructor and ``await_result`` keep retrying while Redis is
         unreachable (a restart, a failover) before they raise :class:`BrokerError`; 0 fails
         at the first error.
@@ -145,9 +165,10 @@ class Router:
                                  late_ms=settings.pool_late_ms)
         if keys is not None:
             redis_call("loading the key pool", lambda: self.pool.load(keys), budget=redis_budget)
-        else:
-            redis_call("applying the keys file", lambda: self.pool.sync_file(settings.keys_file),
+        else:  # read, never write: and a Redis that stays down is reported here, not at submit
+            redis_call("reading the key registry", lambda: self.pool.registry.current(force=True),
                        budget=redis_budget)
+        self._file_models: tuple[float, dict[str, set[str]]] | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:
@@ -166,12 +187,46 @@ class Router:
 
     # -- submitting --------------------------------------------------------------------------
     def served_models(self) -> set[str]:
-        """Models some active key of the pool serves (from the registry in Redis)."""
-        return self.pool.models()
+        """Models some active key of the pool serves: from the registry in Redis, or, while
+        it was never written (no worker started yet), from the keys file (read only)."""
+        return drive(self.client, self.served_models_steps())
+
+    def served_models_steps(self) -> Steps[set[str]]:
+        """:meth:`served_models` as a rule (for the asyncio client too)."""
+        models = yield from self.pool.models_steps()
+        if models or self.pool.registry.version > 0:
+            return models
+        return self._keys_file_models()
+
+    def _keys_file_providers(self) -> dict[str, set[str]]:
+        """Model -> providers of the active keys of ``settings.keys_file`` (read, never applied)."""
+        path = self.settings.keys_file
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return {}
+        if self._file_models is None or self._file_models[0] != mtime:
+            out: dict[str, set[str]] = {}
+            for k in load_keys(path).active_keys():
+                for m in k.served_models():
+                    out.setdefault(m, set()).add(k.provider)
+            self._file_models = (mtime, out)
+        return self._file_models[1]
+
+    def _keys_file_models(self) -> set[str]:
+        return set(self._keys_file_providers())
 
     def served_providers(self) -> dict[str, set[str]]:
-        """Each served model with the providers of the active keys that serve it."""
-        return self.pool.providers_by_model()
+        """Each served model with the providers of the active keys that serve it (from the
+        keys file while the registry was never written, as :meth:`served_models`)."""
+        return drive(self.client, self.served_providers_steps())
+
+    def served_providers_steps(self) -> Steps[dict[str, set[str]]]:
+        """:meth:`served_providers` as a rule (for the asyncio client too)."""
+        providers = yield from self.pool.providers_steps()
+        if providers or self.pool.registry.version > 0:
+            return providers
+        return self._keys_file_providers()
 
     def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
                on_rate_limit: str = "raise", **fields: Any) -> JobHandle:

@@ -9,8 +9,11 @@ blocks its event loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 from router_jobs.backend.ops import Op, Steps
 from router_jobs.conversations.store import check_conv_id
@@ -24,16 +27,18 @@ if TYPE_CHECKING:
     from router_jobs.client.router import Router
 
 ON_RATE_LIMIT = ("raise", "delay")
+log = logging.getLogger(__name__)
 
 
 def submit_steps(router: Router, fields: dict[str, Any], *, delay: float, on_rate_limit: str) -> Steps[JobHandle]:
     """Validate, apply the user's limits and budget, then enqueue (see ``Router.submit``)."""
-    from router_jobs.client.router import validate_spec
+    from router_jobs.client.router import check_delay, validate_spec
 
     if on_rate_limit not in ON_RATE_LIMIT:
         raise JobValidationError("on_rate_limit", "must be 'raise' or 'delay'")
-    served = yield from router.pool.providers_steps()  # model -> providers: capabilities checked too
+    served = yield from router.served_providers_steps()  # model -> providers: capabilities checked too
     try:
+        delay = check_delay(delay, router.settings)
         spec = validate_spec(fields, router.settings, served)
     except JobValidationError:
         record_submitted(str(fields.get("priority", "interactive")), "refused", "rejected")
@@ -55,22 +60,37 @@ def submit_steps(router: Router, fields: dict[str, Any], *, delay: float, on_rat
 
 def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
                       job_id: str | None = None) -> Steps[JobHandle]:
-    """Enqueue an already valid spec; a conversation turn draws its turn number here."""
+    """Enqueue an already valid spec; a conversation turn draws its turn number here.
+
+    The turn number lives in the conversation's Redis slot and the queue in another, so drawing
+    and enqueueing cannot be one script: when the enqueue fails, the drawn turn is released
+    (see :func:`release_unused_turn_steps`) so that later turns do not wait for it.
+    """
+    from router_jobs.client.router import check_delay
+
+    delay = check_delay(delay, router.settings)
     convs = router.conversations
+    drawn = False
     if spec.conversation_id is not None and spec.turn_seq is None:
         exists = yield convs.exists_op(spec.conversation_id)
         if not exists:
             yield from convs.create_steps(spec.conversation_id, system_prompt=spec.system_prompt)
         seq = yield convs.next_turn_seq_op(spec.conversation_id)
         spec = spec.model_copy(update={"turn_seq": seq})
+        drawn = True
     job_id = job_id or new_job_id()
-    if spec.stream:  # the first event, written before any worker can see the job
-        queue = router.schema.stream(spec.priority.value)
-        ahead = yield Op(lambda c: c.xlen(queue), int)
-        first = (waiting_event("held back by submit", int(delay * 1000), ahead) if delay > 0
-                 else waiting_event("submitted", None, ahead))
-        yield router.events.append_op(job_id, [first])
-    got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id, delay_ms=int(delay * 1000))
+    try:
+        if spec.stream:  # the first event, written before any worker can see the job
+            queue = router.schema.stream(spec.priority.value)
+            ahead = yield Op(lambda c: c.xlen(queue), int)
+            first = (waiting_event("held back by submit", int(delay * 1000), ahead) if delay > 0
+                     else waiting_event("submitted", None, ahead))
+            yield router.events.append_op(job_id, [first])
+        got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id, delay_ms=int(delay * 1000))
+    except BaseException:
+        if drawn:
+            yield from release_unused_turn_steps(router, spec, job_id)
+        raise
     if spec.stream and got_id != job_id:  # deduplicated: the earlier job's stream is the one
         orphan = router.schema.job_events(job_id)
         yield Op(lambda c: c.delete(orphan))
@@ -78,6 +98,21 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
     if existed and spec.conversation_id is not None and spec.turn_seq is not None:
         yield convs.finish_turn_op(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
     return JobHandle(job_id=got_id, queue=spec.priority, deduplicated=existed)
+
+
+def release_unused_turn_steps(router: Router, spec: JobSpec, job_id: str) -> Steps[None]:
+    """A turn number was drawn but its job may not be queued: unless the job record is there
+    (the enqueue did happen, only its answer was lost), mark the turn finished. Should Redis be
+    unreachable even for this, the gate skips the turn after its stall timeout
+    (``ChatTurns.stall_seconds``)."""
+    assert spec.conversation_id is not None and spec.turn_seq is not None
+    try:
+        current = yield router.jobs.get_op(job_id)
+        if current is None:
+            yield router.conversations.finish_turn_op(spec.conversation_id, spec.turn_seq)
+    except redis.RedisError:
+        log.warning("conversation %s: turn %d could not be released; the stall timeout will skip it",
+                    spec.conversation_id, spec.turn_seq)
 
 
 def cancel_steps(router: Router, job_id: str) -> Steps[bool]:

@@ -77,11 +77,8 @@ async def chat_completions(request: Request) -> Response:
 def _models(request: Request) -> list[dict[str, Any]]:
     gw = gateway_of(request)
     key = caller(request)
-    owners: dict[str, str] = {}
-    for k in gw.router.pool.keys_file().keys:
-        if k.active:
-            for m in k.served_models():
-                owners.setdefault(m, k.provider)
+    # served models and their providers (the keys file's while no worker has seeded the registry)
+    owners = {m: sorted(providers)[0] for m, providers in gw.router.served_providers().items()}
     return [{"id": m, "object": "model", "created": 0, "owned_by": owners[m]}
             for m in sorted(owners) if key.allows(m)]
 

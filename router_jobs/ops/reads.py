@@ -20,11 +20,12 @@ from router_jobs.admission.budgets import Budgets
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.broker.streams import GROUP
 from router_jobs.capacity.config import KeyConfig
+from router_jobs.capacity.keysync import KeysFileCheck
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.errors import ConfigError
 from router_jobs.jobs.records import parse_result
 from router_jobs.observability.gauges import all_queues, queue_depths
-from router_jobs.ops.workers import heartbeats
+from router_jobs.ops.workers import alive_workers
 from router_jobs.settings import Settings
 
 
@@ -43,16 +44,17 @@ def queue_stats(client: redis.Redis, schema: RedisSchema, *, stale: float = 30.0
     """One row per queue: ready, delayed, in_flight, dead, consumers_alive, consumers_gone,
     oldest_ready_age (seconds, None when nothing is ready), completed_last_minute.
 
-    ``consumers_alive`` counts worker processes whose heartbeat is younger than ``stale``
-    seconds (a heartbeat is per process, and a process consumes every queue unless started
-    with ``--queues``); ``consumers_gone`` counts consumers the queue's group knows (Redis
-    adds one on its first delivery) whose heartbeat is older or missing: dead workers, whose
-    pending entries live ones take over. Completions over the last 60 s are estimated from the
+    ``consumers_alive`` counts live worker processes (:func:`~router_jobs.ops.workers.alive_workers`:
+    a killed or restarted worker stops counting at once on its own host; a heartbeat is per
+    process, and a process consumes every queue unless started with ``--queues``);
+    ``consumers_gone`` counts consumers the queue's group knows that are not alive and still
+    hold pending entries: dead workers whose entries live ones have yet to take over (dead
+    consumers holding nothing are history, not news). Completions over the last 60 s are estimated from the
     per-minute counters the job store keeps (this minute + the overlapping part of the last).
     """
     names = all_queues(client, schema)
     depths = queue_depths(client, schema, names)
-    beats = heartbeats(client, schema)
+    fresh = alive_workers(client, schema, stale)
     now = server_time(client)
     minute = int(time.time() // 60)
     frac = (time.time() % 60) / 60
@@ -65,10 +67,10 @@ def queue_stats(client: redis.Redis, schema: RedisSchema, *, stale: float = 30.0
         pipe.get(f"{schema.completions(q)}:{minute}")
         pipe.get(f"{schema.completions(q)}:{minute - 1}")
         groups, consumers, cur, prev = pipe.execute(raise_on_error=False)
-        in_group = {_text(c["name"]) for c in consumers} if isinstance(consumers, list) else set()
-        fresh = {n for n, a in beats.items() if a <= stale}
+        holding = ({_text(c["name"]) for c in consumers if int(c.get("pending", 0))}
+                   if isinstance(consumers, list) else set())
         alive = len(fresh)
-        gone = len(in_group - fresh)
+        gone = len(holding - fresh)
         oldest: float | None = None
         d = depths.get(q, {"ready": 0, "in_flight": 0, "delayed": 0, "dead": 0})
         if d["ready"] > 0 and isinstance(groups, list):
@@ -123,15 +125,11 @@ def require_key(pool: RedisKeyPool, key_id: str) -> None:
         raise KeyError(key_id)
 
 
-def reload_keys(pool: RedisKeyPool, path: str | Path) -> int:
-    """Replace the pool's registry with the keys file at ``path`` (even if unchanged since it
-    was last applied: operators' live edits are undone). Returns the number of keys."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"keys file {p} does not exist", field="keys_file")
-    pool.client.delete(pool.ks.pool_part(pool.pool, "file"))  # forget the applied digest
-    pool.sync_file(p)
-    return len(pool.key_ids())
+def apply_keys(pool: RedisKeyPool, path: str | Path) -> KeysFileCheck:
+    """Replace the pool's registry with the keys file at ``path``, on the operator's request
+    (live edits are undone; key states and usage stay). ConfigError when it is missing or
+    does not validate."""
+    return pool.check_file(path, apply=True)
 
 
 # ---------------------------------------------------------------------------------- jobs

@@ -32,6 +32,7 @@ from router_jobs.errors import (
     TransientProviderError,
 )
 from router_jobs.providers.base import RateLimitInfo
+from router_jobs.secrets.fragments import FragmentIndex
 
 REDACTED = "[REDACTED]"
 _MAX_MESSAGE = 500
@@ -41,11 +42,15 @@ _QUERY_KEY = re.compile(r"(?i)([?&](?:key|api[_-]?key)=)[^&\s'\"]+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove every known secret, ``?key=`` values, bearer tokens and "API key: X" echoes."""
+def redact(text: str, secrets: Iterable[str] = (), fragments: FragmentIndex | None = None) -> str:
+    """Remove every known secret and any piece of one (see :mod:`router_jobs.secrets.fragments`;
+    ``fragments`` is a prebuilt index of ``secrets``), ``?key=`` values, bearer tokens and
+    "API key: X" echoes."""
+    secrets = tuple(secrets)
     for s in secrets:
         if s:
             text = text.replace(s, REDACTED)
+    text = (fragments if fragments is not None else FragmentIndex(secrets)).redact(text, REDACTED)
     text = _QUERY_KEY.sub(r"\1" + REDACTED, text)
     text = _BEARER.sub(r"\1" + REDACTED, text)
     return _KEYISH.sub(r"\1" + REDACTED, text)

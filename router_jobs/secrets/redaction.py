@@ -1,7 +1,7 @@
 """Redaction of secret values from any text, and a logging filter that applies it.
 
 A :class:`Redactor` holds the secret values seen so far (secret stores add every value they
-read) and replaces each with ``[REDACTED]``. :class:`RedactingFilter` scrubs log records:
+read) and replaces each, and any piece of one a provider echoes back, with ``[REDACTED]``. :class:`RedactingFilter` scrubs log records:
 the formatted message (args included) and the formatted exception text. Workers install it
 with :func:`install_log_redaction`, which puts it on the root logger *and on its handlers*:
 a logger's own filters do not see records propagated from child loggers, handlers' do.
@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from router_jobs.providers.errors_map import REDACTED
 from router_jobs.providers.errors_map import redact as _redact_patterns
+from router_jobs.secrets.fragments import FragmentIndex
 
 #: values shorter than this are not treated as secrets (they would blank out ordinary words)
 MIN_SECRET_LENGTH = 6
@@ -26,6 +27,7 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
         self._values: tuple[str, ...] = ()
+        self._fragments = FragmentIndex(())
         for s in secrets:
             self.add(s)
 
@@ -36,6 +38,7 @@ class Redactor:
         with self._lock:
             if secret not in self._values:
                 self._values = tuple(sorted({*self._values, secret}, key=len, reverse=True))
+                self._fragments = FragmentIndex(self._values)
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -43,8 +46,9 @@ class Redactor:
         return self._values
 
     def redact(self, text: str) -> str:
-        """``text`` without any known secret, ``?key=`` value or bearer token."""
-        return _redact_patterns(text, self._values)
+        """``text`` without any known secret or piece of one (a provider's masked echo, a
+        prefix), ``?key=`` value or bearer token."""
+        return _redact_patterns(text, self._values, self._fragments)
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._values)} secrets)"

@@ -62,7 +62,9 @@ def build_executor() -> Executor:
     """Everything one worker process needs to run jobs, from the settings."""
     client, ks = broker.client, broker.schema
     pool = RedisKeyPool(client, ks, margin_ms=settings.pool_margin_ms, late_ms=settings.pool_late_ms)
-    pool.sync_file(settings.keys_file)
+    check = pool.check_file(settings.keys_file)  # seeds an empty registry; never replaces one
+    if check.outcome == "differs":
+        logging.getLogger("router_jobs.worker").warning(check.message())
     costs = _PoolCosts(pool)
     secrets = build_secret_store(settings)
     # secrets read by this process are redacted from every log record it writes
