@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
@@ -129,6 +129,9 @@ class StreamsBroker(Broker):
         self.scripts = BrokerScripts(client)
         self.add_middleware(StartTracker())
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        #: the key pool's admission step, run by consumers when it is due (set by the worker);
+        #: returns seconds until it should run again
+        self.admission: Callable[[], float] | None = None
 
     # -- declaring -------------------------------------------------------------------------
     def declare_queue(self, queue_name: str) -> None:
@@ -282,6 +285,7 @@ class StreamConsumer(Consumer):
         self._next_heartbeat = now  # announce this consumer at once (health, readiness)
         self._next_reclaim = now  # take over orphans at once on start
         self._next_promote = now
+        self._next_admit = now
 
     # -- bookkeeping -------------------------------------------------------------------------
     @property
@@ -431,6 +435,9 @@ class StreamConsumer(Consumer):
         if now >= self._next_promote:
             # Re-check at least every 200 ms: another process may park a sooner message.
             self._next_promote = now + min(0.2, self._promote())
+        admission = self.broker.admission
+        if admission is not None and now >= self._next_admit:
+            self._next_admit = now + admission()
 
     # -- iteration ---------------------------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
@@ -444,7 +451,8 @@ class StreamConsumer(Consumer):
             if msg is not None:
                 return msg
             room = self.prefetch - self.outstanding
-            wake = min(self._next_heartbeat, self._next_reclaim, self._next_promote)
+            wake = min(self._next_heartbeat, self._next_reclaim, self._next_promote,
+                       self._next_admit if self.broker.admission is not None else self._next_promote)
             block_ms = int(max(1.0, min(self.timeout, (wake - now) * 1000)))
             if room <= 0:
                 self._room.clear()

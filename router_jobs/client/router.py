@@ -22,13 +22,15 @@ from router_jobs.backend.connection import connect, resolve_redis_url
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import KeysFile
 from router_jobs.capacity.redis_pool import RedisKeyPool
+from router_jobs.capacity.scheduler import Demand, Position, Scheduler
 from router_jobs.conversations.store import ConversationStore, check_conv_id
 from router_jobs.errors import JobExpired, JobTimeout, JobValidationError, SubmitRateLimited
-from router_jobs.jobs.records import JobStore, new_job_id, parse_result, raise_for_result
+from router_jobs.jobs.records import JobStore, job_message, new_job_id, parse_result, raise_for_result
 from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
 from router_jobs.observability.metrics import record_submitted
 from router_jobs.seed import SeedCompat
 from router_jobs.settings import Settings
+from router_jobs.tokens import estimate_tokens
 
 JobRef = JobHandle | str
 
@@ -102,6 +104,8 @@ class Router(SeedCompat):
             self.pool.load(keys)
         else:
             self.pool.sync_file(settings.keys_file)
+        self.scheduler = Scheduler(self.pool, interactive_share=settings.interactive_share,
+                                   interactive_hold_ms=int(settings.interactive_hold_s * 1000))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:
@@ -166,7 +170,16 @@ class Router(SeedCompat):
             if not self.conversations.exists(spec.conversation_id):
                 self.conversations.create(spec.conversation_id, system_prompt=spec.system_prompt)
             spec = spec.model_copy(update={"turn_seq": self.conversations.next_turn_seq(spec.conversation_id)})
-        job_id, existed = self.jobs.submit(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000))
+        # a job that needs nothing but room goes straight into the pool's line (admitted now
+        # if a key has room): it is delivered once, when it can run. Conversation turns and
+        # delayed jobs go through a worker first (turn order, history size, the delay).
+        in_line = spec.conversation_id is None and delay <= 0
+        job_id, existed = self.jobs.submit(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000),
+                                           hold=in_line)
+        if in_line and not existed:
+            queue = spec.priority.value
+            tokens = estimate_tokens(spec.chat_messages(), spec.model)
+            self.scheduler.enqueue([Demand.for_spec(job_id, queue, spec, tokens, job_message(job_id, queue))])
         record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
         if existed and spec.conversation_id is not None and spec.turn_seq is not None:
             self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
@@ -176,6 +189,11 @@ class Router(SeedCompat):
     def status(self, job: JobRef) -> JobResult | None:
         """The job's current state (its result once it ended); None if unknown or expired."""
         return self.jobs.get(job_id_of(job))
+
+    def position(self, job: JobRef) -> Position | None:
+        """A waiting job's place in its model's line (0: next) and estimated start time (epoch
+        seconds); None when it is not waiting in line (admitted, running, ended, unknown)."""
+        return self.scheduler.position(job_id_of(job))
 
     def cancel(self, job: JobRef) -> bool:
         """Cancel a job that has not started (or is waiting for room). True if cancelled."""
@@ -189,8 +207,8 @@ class Router(SeedCompat):
                            finished_at=time.time(), error_type="cancelled", error_message="cancelled by request",
                            attempts=current.attempts, conversation_id=spec.conversation_id if spec else None)
         cancelled = self.jobs.finish(result, queue=queue, only_if_queued=True) == 1
-        if cancelled:  # give back a slot the job may have booked while it waited for room
-            self.pool.release(f"{job_id}:{current.attempts}")
+        if cancelled:  # out of the pool's line; an admission not yet claimed gives its room back
+            self.scheduler.remove([job_id])
         if cancelled and spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:
             self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)
         return cancelled

@@ -110,9 +110,11 @@ class JobStore:
         self.scripts = JobScripts(client)
 
     def submit(
-        self, spec: JobSpec, *, job_id: str, delay_ms: int = 0
+        self, spec: JobSpec, *, job_id: str, delay_ms: int = 0, hold: bool = False
     ) -> tuple[str, bool]:
-        """Write the record and enqueue the job atomically; returns (job id, deduplicated)."""
+        """Write the record and enqueue the job atomically; returns (job id, deduplicated).
+
+        ``hold``: write the record only; the caller puts the job in the key pool's wait line."""
         ks = self.schema
         queue = spec.priority.value
         idem = spec.idempotency_key
@@ -120,7 +122,7 @@ class JobStore:
             got_id, existed = self.scripts.submit(
                 keys=[ks.job(job_id), ks.stream(queue), ks.delayed(queue), ks.idempotency(idem or "-")],
                 args=[job_id, spec.model_dump_json(exclude_none=True), queue, job_message(job_id, queue),
-                      self.ttl, max(0, int(delay_ms)), "1" if idem else "0"],
+                      self.ttl, -1 if hold else max(0, int(delay_ms)), "1" if idem else "0"],
             )
         except redis.RedisError as exc:
             raise BrokerError(f"cannot submit job: {exc}") from exc
