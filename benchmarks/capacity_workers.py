@@ -90,11 +90,14 @@ def theoretical_minimum(jobs: int, capacity_per_window: int, window_s: float, mo
 def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float = 60.0, jobs: int = 480,
               processes: int = 2, threads: int = 8, latency: float = 0.0,
               extra_env: dict[str, str] | None = None, mode: str = "rolling", burst: int = 0,
-              interactive_every: float = 0.0, margin_ms: int | None = None) -> CapacityRun:
+              interactive_every: float = 0.0, margin_ms: int | None = None,
+              declared_limit: int | None = None, declared_window_s: float | None = None) -> CapacityRun:
     """Submit ``jobs`` batch jobs at once over ``keys`` OpenAI keys, each allowed ``limit``
     requests per ``window_s`` by the fake server in enforcement ``mode`` (the keys file names
     the same mode), and let the workers drain them. With ``interactive_every`` > 0, one
-    interactive job is submitted that often while the batch runs (its latency is measured)."""
+    interactive job is submitted that often while the batch runs (its latency is measured).
+    ``declared_limit``/``declared_window_s`` make the keys file claim another limit than the
+    provider enforces (to provoke 429s)."""
     ns = f"cap{uuid.uuid4().hex[:8]}"
     names = {f"k{i}": f"sk-cap-{i}-{uuid.uuid4().hex}" for i in range(keys)}
     # the provider in its own process, as a real one is (its clock not held up by ours)
@@ -103,7 +106,8 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
     base_url = server.start()
     folder = Path(tempfile.mkdtemp(prefix="rj-cap-"))
     spec = [{"key_id": k, "model_name": "gpt-4o-mini", "provider": "openai", "base_url": base_url,
-             "windows": [{"limit": limit, "seconds": window_s}], "active": True,
+             "windows": [{"limit": declared_limit or limit, "seconds": declared_window_s or window_s}],
+             "active": True,
              "enforcement": {"mode": mode, "burst": burst}} for k in names]
     (folder / "keys.json").write_text(json.dumps({"keys": spec}))
     env = {**(extra_env or {}), "REDIS_URL": redis_url, "ROUTER_NAMESPACE": ns, "ROUTER_KEYS_FILE": str(folder / "keys.json"),

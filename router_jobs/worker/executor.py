@@ -154,7 +154,8 @@ class Executor:
             if isinstance(claimed, Refused):
                 return self._end(job, queue, JobStatus.failed, "no_capacity", claimed.reason)
             return self._wait_in_line(job, queue, input_tokens, job.attempts, job.excluded,
-                                      head=isinstance(claimed, Lost))
+                                      head=isinstance(claimed, Lost),
+                                      reason=claimed.reason if isinstance(claimed, Lost) else "no room: waiting in line")
         waited = job.now - job.queued_at
         use_fallbacks = spec.max_wait is None or waited >= spec.max_wait
         models = spec.models() if use_fallbacks else [spec.model]
@@ -185,7 +186,7 @@ class Executor:
             self.scheduler.remove([job_id])
 
     def _wait_in_line(self, job: StartedJob, queue: str, input_tokens: int, attempts: int,
-                      excluded: frozenset[str], *, head: bool) -> str:
+                      excluded: frozenset[str], *, head: bool, reason: str = "no room: waiting in line") -> str:
         """Park the job and put it in the pool's line; it comes back once, when admitted."""
         assert self.scheduler is not None
         spec = job.spec
@@ -194,7 +195,7 @@ class Executor:
         if input_tokens <= 0:
             input_tokens = self.estimate_tokens(spec.chat_messages(), spec.model)
         self.scheduler.enqueue([demand_of(job, queue, input_tokens, excluded)], head=head)
-        self.observer.job_deferred(spec, 0, "waiting in line")
+        self.observer.job_deferred(spec, 0, reason)
         return "deferred"
 
     def _wait(self, job: StartedJob, queue: str, wait: Wait, defer: Callable[[int], None],
@@ -250,7 +251,7 @@ class Executor:
             if self.scheduler is not None and isinstance(exc, errors.ProviderRateLimited):
                 # the key is cooled for its hint; not the request's fault: no attempt counted
                 return self._wait_in_line(job, queue, self.estimate_tokens(messages, spec.model), job.attempts,
-                                          job.excluded, head=True)
+                                          job.excluded, head=True, reason=exc.error_type)
             if not exc.retryable:
                 return self._end(job, queue, JobStatus.failed, exc.error_type, str(exc), attempts=attempts,
                                  grant=grant)
@@ -282,7 +283,7 @@ class Executor:
                              f"gave up after {attempts} attempts; last error: {message}",
                              attempts=attempts, grant=grant)
         if delay == 0 and self.scheduler is not None:
-            return self._wait_in_line(job, queue, 0, attempts, excluded, head=True)
+            return self._wait_in_line(job, queue, 0, attempts, excluded, head=True, reason=error_type)
         self.jobs.park(job.job_id, attempts=attempts, excluded=excluded)
         defer(delay)
         self.observer.job_deferred(job.spec, delay, error_type)
