@@ -92,7 +92,7 @@ def test_workers_metrics_match_what_happened(setup: tuple[dict[str, str], Settin
               for i in range(10)]
         bad = router.submit("refuse me [[fail:bad_request]]", model="fake-model")
         # 429s cost no attempt: this job keeps waiting for a key until its deadline
-        limited = router.submit("slow down [[fail:rate_limited]]", model="fake-model", deadline=time.time() + 3)
+        limited = router.submit("slow down [[fail:rate_limited]]", model="fake-model", deadline=time.time() + 8)
         with WorkerPool(env, processes=2, threads=2) as pool:
             results = list(router.as_completed(ok, timeout=60))
             with pytest.raises(JobFailed):
