@@ -12,6 +12,7 @@ import redis
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import parse_keys
 from router_jobs.capacity.redis_pool import RedisKeyPool
+from router_jobs.capacity.pool import Grant
 from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
 
 
@@ -135,3 +136,46 @@ def test_quantized_limits_add_a_one_second_window(burst: int) -> None:
     cfg = parse_keys({"keys": [{"key_id": "a", "model_name": "m", "provider": "openai", "rpm": 150,
                                 "enforcement": {"mode": "quantized", "burst": burst}}]}).keys[0]
     assert [1000, 3 + burst, 0, 0, 0] in key_spec(cfg)["L"]
+
+
+def test_max_wait_holds_fallbacks_back_and_none_means_at_once(r: redis.Redis, namespace: str) -> None:
+    spec = [{"key_id": "a", "model_name": "m", "provider": "fake", "rpm": 1},
+            {"key_id": "b", "model_name": "m2", "provider": "fake", "rpm": 5}]
+    s = Scheduler(RedisKeyPool(r, RedisSchema(namespace), parse_keys({"keys": spec}), margin_ms=20))
+    s.enqueue([demand("first", models=["m", "m2"])])
+    s.enqueue([demand("patient", models=["m", "m2"], max_wait_ms=60_000)])
+    s.enqueue([demand("eager", models=["m", "m2"])])
+    assert delivered(r, namespace, "batch") == ["first", "eager"]
+    eager = s.claim("eager")
+    assert isinstance(eager, Grant) and eager.model == "m2"
+    pos = s.position("patient")
+    assert pos is not None and pos.place == 0
+
+
+def test_a_job_past_its_deadline_is_handed_over_without_room(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=1)
+    s.enqueue([demand("a")])
+    s.enqueue([demand("late", deadline_ms=int(time.time() * 1000) + 150)])
+    assert delivered(r, namespace, "batch") == ["a"]
+    time.sleep(0.2)
+    s.admit(force=True)
+    assert delivered(r, namespace, "batch") == ["a", "late"]
+    assert s.claim("late") is None  # no room was taken for it: the worker expires it
+
+
+def test_position_and_eta_follow_the_line(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=60, keys=2)  # 2 requests per second in the long run
+    s.enqueue([demand(f"j{i}") for i in range(130)])
+    p0, p9 = s.position("j120"), s.position("j129")
+    assert p0 is not None and p9 is not None
+    assert (p0.place, p9.place) == (0, 9)
+    assert p9.eta - p0.eta == pytest.approx(9 / 2, abs=0.01)
+    assert s.position("j0") is None  # admitted: not waiting
+
+
+def test_batch_eta_is_never_faster_than_the_pool() -> None:
+    from router_jobs.batch.runner import BatchProgress
+
+    p = BatchProgress("b", total=100, done=10, elapsed=1.0, finished_this_run=10, pool_rate=2.0)
+    # the first window ran at 10 lines/s; the pool admits 2/s from now on
+    assert p.eta == pytest.approx(45.0)
