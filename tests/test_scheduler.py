@@ -11,8 +11,8 @@ import redis
 
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import parse_keys
-from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.capacity.pool import Grant
+from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
 
 
