@@ -131,6 +131,11 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
                 q0 = min(r.queued_at or 0 for r in results)
                 fin = sorted(round((r.finished_at or 0) - q0, 1) for r in results)
                 print("finished (s after first queued):", fin[::8], "last", fin[-1], "wall", round(wall, 2))
+                for r in results:
+                    if r.attempts > 1 or (r.finished_at or 0) - q0 > wall - 5:
+                        print("  slow/retried:", r.job_id[:8], r.attempts, r.key_id, round((r.started_at or 0) - q0, 2),
+                              round((r.finished_at or 0) - q0, 2))
+                print(pool.output()[-3000:])
         deliveries = 0
         for h in handles:
             deliveries += int(router.client.hget(router.schema.job(h.job_id), "deliveries") or 0)

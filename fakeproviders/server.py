@@ -394,6 +394,9 @@ def _parse_request(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # a real provider accepts a burst of connections; the stdlib's backlog of 5 refused some
+    # of a window's opening burst (clients saw connection errors, not 429s)
+    request_queue_size = 1024
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that timed out and hung up is expected here; stay quiet about it."""
