@@ -179,3 +179,11 @@ def test_batch_eta_is_never_faster_than_the_pool() -> None:
     p = BatchProgress("b", total=100, done=10, elapsed=1.0, finished_this_run=10, pool_rate=2.0)
     # the first window ran at 10 lines/s; the pool admits 2/s from now on
     assert p.eta == pytest.approx(45.0)
+
+
+def test_a_model_no_key_serves_is_refused_not_lost(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=3)
+    s.enqueue([demand("a", models=["nobody-serves-this"])])
+    assert delivered(r, namespace, "batch") == ["a"]
+    got = s.claim("a")
+    assert isinstance(got, Refused) and "nobody-serves-this" in got.reason

@@ -53,7 +53,11 @@ if op == 'enqueue' then
   for i = 11 + M, #ARGV do
     local d = cjson.decode(ARGV[i])
     local ln = lane_of[d.l]
-    if ln and redis.call('HEXISTS', KEYS[11], d.id) == 0 and redis.call('HEXISTS', KEYS[13], d.id) == 0 then
+    if not ln and redis.call('HEXISTS', KEYS[13], d.id) == 0 then
+      -- no key of the pool serves the job's model: hand it over to fail with the reason
+      redis.call('HSET', KEYS[13], d.id, '!no key serves ' .. d.l)
+      redis.call('XADD', (d.q == 'interactive') and KEYS[15] or KEYS[16], '*', 'm', d.msg)
+    elseif ln and redis.call('HEXISTS', KEYS[11], d.id) == 0 and redis.call('HEXISTS', KEYS[13], d.id) == 0 then
       local tag
       if d.c == 0 then
         redis.call('HSET', KEYS[14], 'ia', now)
