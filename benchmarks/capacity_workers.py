@@ -142,8 +142,6 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
         received = server.received()
         windows = {k: server.max_in_window(k, window_s) for k in names}
         per_second = {k: max(server.per_second(k).values(), default=0) for k in names}
-        if os.environ.get("CAP_DEBUG"):
-            _gap_report(router, handles, received)
         waits.sort()
         return CapacityRun(
             keys=keys, limit_per_key=limit, window_s=window_s, jobs=jobs,
@@ -166,6 +164,32 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class _InteractiveProbe:
+    """Submits one interactive job every ``every`` s in a thread; ``stop()`` returns each
+    one's time from submit to result, in seconds."""
+
+    def __init__(self, router: Router, every: float) -> None:
+        self.router, self.every = router, every
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.wait(self.every):
+            t0 = time.monotonic()
+            h = self.router.submit(f"chat {i}", model="gpt-4o-mini", priority="interactive", max_output_tokens=16)
+            self.router.await_result(h, timeout=120)
+            self.times.append(time.monotonic() - t0)
+            i += 1
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join(130)
+        return list(self.times)
 
 
 class _InteractiveProbe:
