@@ -8,8 +8,8 @@ import click
 
 from cli.common import FAILED, echo_json, fail, json_option, router
 from router_jobs.conversations.store import check_conv_id
+from router_jobs.ops import deadletters, views
 from router_jobs.ops import reads as ops
-from router_jobs.ops import views
 
 
 @click.command()
@@ -189,7 +189,7 @@ def dlq() -> None:
 def list_dlq(queue: str | None, limit: int, as_json: bool) -> None:
     """Dead-lettered entries, oldest first, with their reasons."""
     r = router()
-    rows = ops.dlq_list(r.client, r.schema, queue, limit)
+    rows = deadletters.dlq_list(r.client, r.schema, queue, limit)
     if as_json:
         echo_json(rows)
         return
@@ -208,7 +208,7 @@ def list_dlq(queue: str | None, limit: int, as_json: bool) -> None:
 def replay_dlq(queue: str, ids: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     """Re-enqueue dead-lettered messages onto QUEUE and remove them from its dead letters."""
     r = router()
-    n = ops.dlq_replay(r.client, r.schema, queue, ids or None, limit)
+    n = deadletters.dlq_replay(r.client, r.schema, queue, ids or None, limit)
     echo_json({"queue": queue, "replayed": n}) if as_json else click.echo(f"replayed {n} message(s) onto {queue}")
     if ids and n < len(ids):
         raise click.exceptions.Exit(FAILED)
@@ -224,7 +224,7 @@ def purge_dlq(queue: str, ids: tuple[str, ...], yes: bool, as_json: bool) -> Non
     if not yes:
         click.confirm(f"delete {'these' if ids else 'all'} dead letters of {queue}?", abort=True)
     r = router()
-    n = ops.dlq_purge(r.client, r.schema, queue, ids or None)
+    n = deadletters.dlq_purge(r.client, r.schema, queue, ids or None)
     echo_json({"queue": queue, "purged": n}) if as_json else click.echo(f"purged {n} dead letter(s) of {queue}")
 
 

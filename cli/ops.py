@@ -13,6 +13,8 @@ from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import load_keys
 from router_jobs.ops import reads as ops
 from router_jobs.ops import views
+from router_jobs.ops.health import health as health_report
+from router_jobs.ops.workers import stale_after
 from router_jobs.secrets.scan import scan_paths
 
 
@@ -22,7 +24,7 @@ def queues(as_json: bool) -> None:
     """Per queue: ready, delayed, in flight, dead-lettered, consumers, oldest ready, done in 1 min;
     per model: jobs waiting in the key pool for room."""
     r = router()
-    rows = ops.queue_stats(r.client, r.schema, stale=ops.stale_after(r.settings))
+    rows = ops.queue_stats(r.client, r.schema, stale=stale_after(r.settings))
     lines = r.scheduler.lines()
     for row in rows:  # jobs of this queue's class waiting in the key pool for room
         row["waiting_in_pool"] = sum(n.get(row["queue"], 0) for n in lines.values())
@@ -48,7 +50,7 @@ def health(as_json: bool) -> None:
         except redis.RedisError:
             up = False
         pool = router().pool if up else None
-        report = ops.health(client, RedisSchema(s.namespace), pool, stale=ops.stale_after(s))
+        report = health_report(client, RedisSchema(s.namespace), pool, stale=stale_after(s))
     finally:
         client.close()
     if as_json:

@@ -8,13 +8,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from fakeproviders import wire
+from fakeproviders import views, wire
+from fakeproviders.views import IMAGE_TOKENS, Invalid, RequestView
 from fakeproviders.wire import Reply, Scenario
+from router_jobs.providers.fake import fake_turn
 from router_jobs.tokens import estimate_text_tokens
 
 PROVIDERS = ("openai", "anthropic", "gemini")
@@ -52,6 +54,7 @@ class Record:
     scenario: str
     prompt: str
     text: str = ""  # every message's text as received (system prompt and history included)
+    body: dict[str, Any] = field(default_factory=dict)  # the request body as received
     arrived: float = 0.0  # when the request arrived (the clock its limit was checked on)
 
 
@@ -277,13 +280,15 @@ class FakeProviderServer:
     def handle(self, path: str, headers: Mapping[str, str], body: dict[str, Any]) -> Reply:
         """Answer one request (called by the HTTP handler; usable directly in unit tests)."""
         parsed = urlsplit(path)
+        if self.provider == "gemini":
+            body = views.camel_keys(body)  # recorded so too: the API takes either spelling
         req = _parse_request(self.provider, parsed.path, parse_qs(parsed.query), headers, body)
         if isinstance(req, Reply):
             return req
-        secret, model, prompt_text, all_text = req
+        secret, model, prompt_text, all_text = req.secret, req.model, req.prompt, req.all_text
         with self._lock:
             key = self._by_secret.get(secret, "?") if secret else "?"
-        in_tokens = estimate_text_tokens(all_text) + 3
+        in_tokens = estimate_text_tokens(all_text) + 3 + IMAGE_TOKENS * req.images
         arrived = time.monotonic()
         scenario = self._next_scenario(key, headers.get("x-fake-scenario"))
         if key == "?":
@@ -296,32 +301,47 @@ class FakeProviderServer:
         delay = self.latency + (scenario.num("seconds", 2.0) if scenario.name == "slow" else 0.0)
         if delay > 0:
             self._stopping.wait(delay)
-        reply = self._reply(scenario, key, secret, model, prompt_text, in_tokens, wait)
+        reply = self._reply(scenario, key, secret, req, in_tokens, wait)
         out = 0
         if reply.status == 200:
             out = _output_tokens(self.provider, reply.body)
         rec = Record(time.monotonic(), key, model, in_tokens, out, reply.status, scenario.name, prompt_text, all_text,
-                     arrived)
+                     body, arrived)
         with self._lock:
             self._records.append(rec)
         return reply
 
-    def _reply(self, sc: Scenario, key: str, secret: str, model: str, prompt: str, in_tokens: int, wait: float) -> Reply:
-        if sc.name not in ("ok", "slow", "blocked", "blocked_answer"):
+    def _reply(self, sc: Scenario, key: str, secret: str, req: RequestView, in_tokens: int, wait: float) -> Reply:
+        model = req.model
+        if sc.name not in ("ok", "slow", "blocked", "blocked_answer", "refusal"):
             return wire.ERRORS[self.provider](sc, secret, model, wait)
-        text = f"echo: {prompt}"
-        usage = {"input": in_tokens, "output": estimate_text_tokens(text) + self.reasoning_tokens,
-                 "cached": min(self.cached_tokens, in_tokens), "reasoning": self.reasoning_tokens}
+        turn = fake_turn(user_text=req.prompt, tool_results=req.tool_results, tools=req.tools, choice=req.choice,
+                         parallel=req.parallel, schema=req.schema)
+        text, calls = turn.text, turn.calls
+        out_text = text + "".join(json.dumps(a) for _, a in calls)
+        cached = min(self.cached_tokens, in_tokens)
+        usage = {"input": in_tokens, "output": estimate_text_tokens(out_text) + self.reasoning_tokens,
+                 "cached": cached, "reasoning": self.reasoning_tokens,
+                 # a marked prompt prefix is written to the cache (the uncached half, say)
+                 "cache_write": (in_tokens - cached) // 2 if req.cache_breakpoints else 0}
         headers = self._rate_headers(key)
-        blocked = sc.name in ("blocked", "blocked_answer")
+        blocked = sc.name in ("blocked", "blocked_answer") or (sc.name == "refusal" and self.provider == "gemini")
+        if blocked:
+            text, calls = "", []
         if self.provider == "openai":
-            body = wire.openai_success(model, "" if blocked else text, usage, "content_filter" if blocked else "stop")
+            refusal = wire.REFUSAL if sc.name == "refusal" else None
+            body = wire.openai_success(model, "" if refusal else text, usage,
+                                       "content_filter" if blocked else ("tool_calls" if calls else "stop"),
+                                       calls=calls, refusal=refusal)
         elif self.provider == "anthropic":
-            body = wire.anthropic_success(model, "" if blocked else text, usage, "refusal" if blocked else "end_turn")
+            if sc.name == "refusal":
+                text, calls = wire.REFUSAL, []
+            stop = "refusal" if blocked or sc.name == "refusal" else ("tool_use" if calls else "end_turn")
+            body = wire.anthropic_success(model, text, usage, stop, calls=calls, thinking=req.thinking)
         elif sc.name == "blocked":
             body = wire.gemini_success(model, "", usage, block_reason="SAFETY")
         else:
-            body = wire.gemini_success(model, "" if blocked else text, usage, "SAFETY" if blocked else "STOP")
+            body = wire.gemini_success(model, text, usage, "SAFETY" if blocked else "STOP", calls=calls)
         return Reply(200, body, headers)
 
 
@@ -357,38 +377,46 @@ def _bearer(headers: Mapping[str, str]) -> str:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
 
 
+def _invalid(provider: str, message: str) -> Reply:
+    """A 400 for a malformed body, in the provider's own error envelope."""
+    if provider == "openai":
+        return Reply(400, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
+    if provider == "anthropic":
+        return Reply(400, {"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+    return Reply(400, {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}})
+
+
 def _parse_request(
     provider: str, path: str, query: dict[str, list[str]], headers: Mapping[str, str], body: dict[str, Any]
-) -> Reply | tuple[str, str, str, str]:
-    """(secret, model, last user text, all text) of a request, or an error reply."""
+) -> Reply | RequestView:
+    """What a request asks (see :mod:`fakeproviders.views`), or an error reply."""
+    try:
+        return _view(provider, path, query, headers, body)
+    except Invalid as exc:
+        return _invalid(provider, str(exc))
+
+
+def _view(
+    provider: str, path: str, query: dict[str, list[str]], headers: Mapping[str, str], body: dict[str, Any]
+) -> Reply | RequestView:
     if provider == "openai":
         if path.rstrip("/") != "/v1/chat/completions":
             return Reply(404, {"error": {"message": f"Unknown path {path}", "type": "invalid_request_error", "code": None}})
-        msgs = body.get("messages") or []
-        users = [_text_of(m.get("content")) for m in msgs if m.get("role") == "user"]
-        return _bearer(headers), str(body.get("model", "")), users[-1] if users else "", " ".join(_text_of(m.get("content")) for m in msgs)
+        return views.openai_view(body, headers)
     if provider == "anthropic":
         if path.rstrip("/") != "/v1/messages":
             return Reply(404, {"type": "error", "error": {"type": "not_found_error", "message": "Not found"}})
         if not headers.get("anthropic-version"):
             return Reply(400, {"type": "error", "error": {"type": "invalid_request_error",
                                                           "message": "anthropic-version: header is required"}})
-        msgs = body.get("messages") or []
-        users = [_text_of(m.get("content")) for m in msgs if m.get("role") == "user"]
-        system = _text_of(body.get("system") or "")
-        all_text = " ".join([system] + [_text_of(m.get("content")) for m in msgs])
         # the API takes x-api-key; recent SDKs send the key as a bearer token instead
-        return headers.get("x-api-key") or _bearer(headers), str(body.get("model", "")), users[-1] if users else "", all_text
+        return views.anthropic_view(body, headers)
     prefix = "/v1beta/models/"
     if not (path.startswith(prefix) and path.endswith(":generateContent")):
         return Reply(404, {"error": {"code": 404, "message": f"Unknown path {path}", "status": "NOT_FOUND"}})
     model = path[len(prefix):-len(":generateContent")]
     secret = headers.get("x-goog-api-key") or (query.get("key") or [""])[0]
-    contents = body.get("contents") or []
-    users = [_text_of(c.get("parts")) for c in contents if c.get("role", "user") == "user"]
-    sys_parts = (body.get("systemInstruction") or body.get("system_instruction") or {}).get("parts")
-    all_text = " ".join([_text_of(sys_parts)] + [_text_of(c.get("parts")) for c in contents])
-    return secret, model, users[-1] if users else "", all_text
+    return views.gemini_view(model, secret, body)
 
 
 class _Server(ThreadingHTTPServer):

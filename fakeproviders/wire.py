@@ -12,6 +12,8 @@ providers echo part of it), so tests can prove the adapters redact it.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -116,14 +118,28 @@ def openai_error(sc: Scenario, key: str, model: str, wait: float) -> Reply:
     return err(400, "Invalid value for 'temperature': must be between 0 and 2.", "invalid_request_error", "invalid_value")
 
 
-def openai_success(model: str, text: str, usage: dict[str, int], finish: str = "stop") -> dict[str, Any]:
+#: what the fake model says when a scenario makes it refuse
+REFUSAL = "I can't help with that."
+
+#: a fake model's tool calls: (tool name, arguments)
+Calls = list[tuple[str, dict[str, Any]]]
+
+
+def openai_success(model: str, text: str, usage: dict[str, int], finish: str = "stop",
+                   calls: Calls | None = None, refusal: str | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not (calls or refusal) else None,
+                               "refusal": refusal}
+    if calls:
+        message["tool_calls"] = [
+            {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+             "function": {"name": name, "arguments": json.dumps(args)}} for name, args in calls
+        ]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": {
             "prompt_tokens": usage["input"], "completion_tokens": usage["output"],
             "total_tokens": usage["input"] + usage["output"],
@@ -175,19 +191,28 @@ def anthropic_error(sc: Scenario, key: str, model: str, wait: float) -> Reply:
     return err(400, "invalid_request_error", "max_tokens: Field required")
 
 
-def anthropic_success(model: str, text: str, usage: dict[str, int], stop: str = "end_turn") -> dict[str, Any]:
+def anthropic_success(model: str, text: str, usage: dict[str, int], stop: str = "end_turn",
+                      calls: Calls | None = None, thinking: bool = False) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if thinking:
+        content.append({"type": "thinking", "thinking": "Let me think this through.",
+                        "signature": f"sig-{uuid.uuid4().hex[:16]}"})
+    if text:
+        content.append({"type": "text", "text": text})
+    content += [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": name, "input": args}
+                for name, args in calls or []]
     return {
         "id": f"msg_{uuid.uuid4().hex[:24]}",
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}] if text else [],
+        "content": content,
         "stop_reason": stop,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": usage["input"] - usage["cached"],
+            "input_tokens": usage["input"] - usage["cached"] - usage.get("cache_write", 0),
             "cache_read_input_tokens": usage["cached"],
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": usage.get("cache_write", 0),
             "output_tokens": usage["output"],
         },
     }
@@ -241,7 +266,7 @@ def gemini_error(sc: Scenario, key: str, model: str, wait: float) -> Reply:
 
 
 def gemini_success(model: str, text: str, usage: dict[str, int], finish: str = "STOP",
-                   block_reason: str | None = None) -> dict[str, Any]:
+                   block_reason: str | None = None, calls: Calls | None = None) -> dict[str, Any]:
     meta = {
         "promptTokenCount": usage["input"],
         "candidatesTokenCount": usage["output"] - usage["reasoning"],
@@ -251,7 +276,12 @@ def gemini_success(model: str, text: str, usage: dict[str, int], finish: str = "
     }
     if block_reason:
         return {"promptFeedback": {"blockReason": block_reason}, "usageMetadata": meta, "modelVersion": model}
-    content: dict[str, Any] = {"role": "model", "parts": [{"text": text}] if text else []}
+    parts: list[dict[str, Any]] = [{"text": text}] if text else []
+    signed = model.startswith("gemini-3")  # Gemini 3 signs its function calls
+    parts += [{"functionCall": {"name": name, "args": args},
+               **({"thoughtSignature": base64.b64encode(uuid.uuid4().bytes).decode()} if signed else {})}
+              for name, args in calls or []]
+    content: dict[str, Any] = {"role": "model", "parts": parts}
     return {
         "candidates": [{"content": content, "finishReason": finish, "index": 0}],
         "usageMetadata": meta,

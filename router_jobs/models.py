@@ -13,7 +13,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Role = Literal["system", "user", "assistant"]
+from router_jobs.request import (
+    Content,
+    FinishReason,
+    NamedToolChoice,
+    ProviderPart,
+    Reasoning,
+    ResponseFormat,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    content_text,
+)
+
+Role = Literal["system", "user", "assistant", "tool"]
 Objective = Literal["fairness", "cost", "reliability", "latency"]
 
 #: Hard ceilings that catch absurd values before they reach a queue.
@@ -46,12 +60,49 @@ TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.
 
 
 class ChatMessage(BaseModel):
-    """One provider-neutral message."""
+    """One provider-neutral message.
+
+    ``content`` is text or a list of parts (text, images, provider-specific parts). An
+    assistant message may carry ``tool_calls``; a ``tool`` message answers the call
+    ``tool_call_id`` (``name`` is the tool's, optional: adapters find it from the call;
+    ``is_error`` says the tool failed).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     role: Role
-    content: str
+    content: Content = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+    is_error: bool = False
+
+    @model_validator(mode="after")
+    def _shape_fits_role(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only an assistant message carries tool calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id: a tool message must name the call it answers")
+        if self.role != "tool" and (self.tool_call_id is not None or self.is_error):
+            raise ValueError("tool_call_id: only a tool message answers a tool call")
+        if self.role == "system" and not isinstance(self.content, str):
+            if any(not isinstance(p, TextPart) for p in self.content):
+                raise ValueError("content: a system message holds text parts only")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The message's text (images and provider parts left out)."""
+        return content_text(self.content)
+
+    @property
+    def has_parts(self) -> bool:
+        """Whether the content is a list of parts rather than plain text."""
+        return not isinstance(self.content, str)
+
+    def provider_parts(self) -> list[ProviderPart]:
+        """The provider-specific parts of the content."""
+        return [] if isinstance(self.content, str) else [p for p in self.content if isinstance(p, ProviderPart)]
 
 
 class Usage(BaseModel):
@@ -59,8 +110,9 @@ class Usage(BaseModel):
 
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
+    cached_tokens: int = 0  # input tokens read from the provider's prompt cache (in input_tokens)
+    reasoning_tokens: int = 0  # thinking tokens (in output_tokens)
+    cache_write_tokens: int = 0  # input tokens written to the prompt cache (in input_tokens)
 
     @property
     def total_tokens(self) -> int:
@@ -81,7 +133,13 @@ class JobSpec(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None
-    json_output: bool = False
+    seed: int | None = None
+    json_output: bool = False  # shorthand for response_format=ResponseFormat(type="json_object")
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning: Reasoning | None = None
     conversation_id: str | None = None
     turn_seq: int | None = None  # set by submit for conversation turns: their order
     user_id: str | None = None
@@ -121,7 +179,26 @@ class JobSpec(BaseModel):
             raise ValueError("prompt: must not be empty (or give messages)")
         if self.messages is not None and not self.messages:
             raise ValueError("messages: must not be empty")
+        names = [t.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: tool names must be unique")
+        if self.tools is not None and not self.tools:
+            raise ValueError("tools: must not be empty (leave it out instead)")
+        if self.tool_choice not in (None, "none", "auto") and not names:
+            raise ValueError("tool_choice: needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.name not in names:
+            raise ValueError(f"tool_choice: names no tool of this job ({self.tool_choice.name!r})")
+        if self.parallel_tool_calls is not None and not names:
+            raise ValueError("parallel_tool_calls: needs tools")
+        if self.json_output and self.response_format is not None and self.response_format.type == "text":
+            raise ValueError("json_output: contradicts response_format of type text")
         return self
+
+    def output_format(self) -> ResponseFormat | None:
+        """The answer format asked for (``json_output`` as a JSON-object format), or None."""
+        if self.response_format is not None:
+            return self.response_format
+        return ResponseFormat(type="json_object") if self.json_output else None
 
     def chat_messages(self, history: list[ChatMessage] | None = None) -> list[ChatMessage]:
         """The messages to send: system prompt, then history, then this job's own turn."""
@@ -154,6 +231,9 @@ class JobResult(BaseModel):
     job_id: str
     status: JobStatus
     content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    refusal: str | None = None  # the model's own refusal message, when it declined to answer
     usage: Usage = Field(default_factory=Usage)
     key_id: str | None = None
     provider: str | None = None

@@ -14,21 +14,39 @@ Other providers' tokenizers differ: Claude's counts run higher than cl100k, so c
 ``claude*`` models are scaled by 1.2; Gemini's are close and are scaled by 1.05. Each chat
 message adds a few tokens of framing (4), and each reply 3, as in OpenAI's chat format.
 
+Images and tools count too (:mod:`router_jobs.images` reads an inline image's size from its
+header). An image costs what its provider charges for that size: OpenAI 85 + 170 per 512-px
+tile after scaling (85 at ``detail="low"``), Anthropic width x height / 750 after scaling to
+1568 px, Gemini 258 per 768-px tile; an image given by URL, whose size is unknown here, costs
+:data:`IMAGE_UNKNOWN` (above what any of them charges for one image). Tool definitions count
+as their JSON text plus framing, and Anthropic's tool-use system prompt (~350 tokens); a JSON
+schema for the answer counts as its text. All of it errs high and is settled to real usage.
+
 No function here ever touches the network.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
 from collections.abc import Callable, Iterable
 
+from router_jobs.images import image_size
 from router_jobs.models import ChatMessage
+from router_jobs.request import ImagePart, ResponseFormat, Tool
 
 PER_MESSAGE = 4
 PER_REPLY = 3
 FALLBACK_SAFETY = 1.15
+#: an image whose size is unknown (given by URL): above any provider's charge for one image
+IMAGE_UNKNOWN = 1600
+#: framing of each tool definition and of the tool list
+PER_TOOL = 8
+TOOLS_FRAMING = 16
+#: the system prompt Anthropic adds when tools are given
+ANTHROPIC_TOOLS_PROMPT = 350
 
 _lock = threading.Lock()
 _encoder: Callable[[str], int] | None = None
@@ -107,13 +125,74 @@ def _model_factor(model: str) -> float:
     return 1.0
 
 
+def _family(model: str) -> str:
+    m = model.lower()
+    if "claude" in m or m.startswith("anthropic"):
+        return "anthropic"
+    if "gemini" in m or "gemma" in m:
+        return "gemini"
+    return "openai"
+
+
+def image_tokens(image: ImagePart, model: str = "") -> int:
+    """Input tokens of one image on ``model``'s provider (errs high; see the module docstring)."""
+    fam = _family(model)
+    if fam == "openai" and image.detail == "low":
+        return 85
+    size = image_size(image.data) if image.data is not None else None
+    if size is None:
+        return IMAGE_UNKNOWN
+    w, h = size
+    if fam == "anthropic":
+        scale = min(1.0, 1568 / max(w, h), math.sqrt(1_150_000 / (w * h)))
+        return max(1, math.ceil(w * scale * h * scale / 750))
+    if fam == "gemini":
+        if w <= 384 and h <= 384:
+            return 258
+        return 258 * math.ceil(w / 768) * math.ceil(h / 768)
+    fit = min(1.0, 2048 / max(w, h))
+    fw, fh = w * fit, h * fit
+    scale = min(1.0, 768 / min(fw, fh))
+    return 85 + 170 * math.ceil(fw * scale / 512) * math.ceil(fh * scale / 512)
+
+
+def _message_tokens(msg: ChatMessage, model: str) -> tuple[int, int]:
+    """(text tokens, image tokens) of one message, framing included in the first."""
+    text = estimate_text_tokens(msg.text) + PER_MESSAGE
+    for call in msg.tool_calls:
+        text += estimate_text_tokens(call.name + call.arguments) + PER_MESSAGE
+    if not isinstance(msg.content, str):
+        for part in msg.content:
+            if part.type == "provider":
+                text += estimate_text_tokens(json.dumps(part.data))
+    images = sum(image_tokens(p, model) for p in msg.content if isinstance(p, ImagePart)) if msg.has_parts else 0
+    return text, images
+
+
 def estimate_tokens(messages: Iterable[ChatMessage], model: str = "") -> int:
-    """Input tokens of a chat call to ``model``: the messages, their framing and the reply's."""
+    """Input tokens of a chat call to ``model``: the messages (text, tool calls, images), their
+    framing and the reply's."""
     body = 0
+    images = 0
     count = 0
     for msg in messages:
-        body += estimate_text_tokens(msg.content) + PER_MESSAGE
+        text, pics = _message_tokens(msg, model)
+        body += text
+        images += pics
         count += 1
     if count == 0:
         return 0
-    return math.ceil(body * _model_factor(model)) + PER_REPLY
+    return math.ceil(body * _model_factor(model)) + images + PER_REPLY
+
+
+def estimate_extra_tokens(tools: list[Tool] | None, response_format: ResponseFormat | None, model: str = "") -> int:
+    """Input tokens of a call's tool definitions and answer schema, on ``model``."""
+    total = 0
+    if tools:
+        total += TOOLS_FRAMING + (ANTHROPIC_TOOLS_PROMPT if _family(model) == "anthropic" else 0)
+        for t in tools:
+            text = t.name + (t.description or "") + json.dumps(t.parameters)
+            total += math.ceil(estimate_text_tokens(text) * _model_factor(model)) + PER_TOOL
+    if response_format is not None and response_format.json_schema is not None:
+        total += math.ceil(estimate_text_tokens(json.dumps(response_format.json_schema)) * _model_factor(model))
+    return total

@@ -10,7 +10,7 @@ import redis
 from router_jobs.capacity.config import parse_keys
 from router_jobs.client.async_router import AsyncRouter
 from router_jobs.client.router import Router
-from router_jobs.errors import JobFailed, JobTimeout, JobValidationError
+from router_jobs.errors import JobFailed, JobTimeout, JobValidationError, SubmitRateLimited
 from router_jobs.models import JobResult, JobStatus
 from router_jobs.settings import Settings
 
@@ -56,3 +56,35 @@ def test_async_submit_await_and_as_completed(redis_url: str, namespace: str) -> 
             await router.aclose()
 
     asyncio.run(scenario())
+
+
+def test_async_router_makes_no_call_on_the_sync_client(redis_url: str, namespace: str) -> None:
+    """Every async call runs on the asyncio client: the sync one refuses any connection."""
+    async def scenario() -> None:
+        router = make(redis_url, namespace)
+        router.sync.limiter.set_user_limit("alice", rpm=60, burst=1)
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a blocking Redis call from the async router")
+
+        router.sync.client.connection_pool.get_connection = refuse  # type: ignore[method-assign]
+        try:
+            assert await router.served_models() == {"fake-model"}
+            first = await router.submit("hi", model="fake-model", user_id="alice", conversation_id="c1")
+            with pytest.raises(SubmitRateLimited) as refused:
+                await router.submit("again", model="fake-model", user_id="alice")
+            assert refused.value.retry_after > 0
+            delayed = await router.submit("later", model="fake-model", user_id="alice", on_rate_limit="delay")
+            second_turn = await router.submit("turn 2", model="fake-model", conversation_id="c1")
+            assert (await router.status(first)).status == JobStatus.queued  # type: ignore[union-attr]
+            assert await router.cancel(delayed)
+            assert (await router.await_result(delayed, raise_on_error=False)).status == JobStatus.cancelled
+            assert await router.cancel(first) and await router.cancel(second_turn)
+        finally:
+            await router.client.aclose()
+    asyncio.run(scenario())
+    # what the async router wrote is what the sync rules write: turns numbered 1, 2 in order
+    check = Router(Settings(redis_url=redis_url, namespace=namespace), client=redis.Redis.from_url(redis_url),
+                   keys=KEYS)
+    assert check.conversations.turn_info("c1")["issued"] == 2
+    assert check.conversations.turn_info("c1")["done"] == 2  # both turns were cancelled, so finished

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import random
-import shutil
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -155,71 +152,25 @@ def test_redis_restart_is_survived(tmp_path: Any, namespace: str) -> None:
         server.stop()
 
 
-@pytest.fixture
-def cluster(tmp_path: Any) -> Iterator[list[int]]:
-    binary = shutil.which("redis-server")
-    cli = shutil.which("redis-cli")
-    if not binary or not cli:
-        pytest.skip("redis-server / redis-cli not on PATH")
-    ports: list[int] = []
-    while len(ports) < 3:  # distinct ports whose cluster bus port (+10000) is free too
-        p = free_port()
-        if p not in ports and p + 10000 < 65536 and _port_free(p + 10000):
-            ports.append(p)
-    servers = []
-    try:
-        for p in ports:
-            d = tmp_path / str(p)
-            d.mkdir()
-            servers.append(RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                       port=p, data_dir=d, binary=binary))
-        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=30)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            info = redis.Redis(port=ports[0]).cluster("info")
-            if info.get("cluster_state") == "ok":
-                break
-            time.sleep(0.1)
-        yield ports
-    finally:
-        for s in servers:
-            s.stop()
-
-
-def test_redis_cluster_runs_every_script(cluster: list[int], namespace: str) -> None:
-    rc = RedisCluster(host="127.0.0.1", port=cluster[0])
-    try:
-        kf = parse_keys({
-            "keys": [{"key_id": "a", "model_name": "m", "models": ["m2"], "provider": "fake", "rpm": 3,
-                      "quota_group": "proj", "max_concurrency": 5},
-                     {"key_id": "b", "model_name": "m2", "provider": "fake", "tpm": 1000}],
-            "quota_groups": [{"name": "proj", "rpd": 100}],
-        })
-        pool = RedisKeyPool(rc, RedisSchema(namespace), kf)  # type: ignore[arg-type]
-        out = [pool.reserve(ReserveRequest(f"r{i}", ["m", "m2"], 10, 10)) for i in range(6)]
-        grants = [g for g in out if isinstance(g, Grant)]
-        assert len(grants) == 6 and {g.key_id for g in grants} == {"a", "b"}
-        for g in grants:
-            pool.settle(g, Usage(input_tokens=5, output_tokens=5))
-        w = pool.reserve(ReserveRequest("w", ["m"], 1, 1))
-        assert isinstance(w, Wait) and w.retryable
-        assert pool.release("w")
-        pool.cooldown("b", 5)
-        pool.report_success(grants[0], latency=0.1, rate_limit=None)
-        statuses = pool.key_statuses()
-        assert [s["state"] for s in statuses] == ["active", "cooldown"]
-        assert json.dumps(statuses)
-    finally:
-        rc.close()
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def test_redis_cluster_runs_every_script(cluster: RedisCluster, namespace: str) -> None:
+    rc = cluster
+    kf = parse_keys({
+        "keys": [{"key_id": "a", "model_name": "m", "models": ["m2"], "provider": "fake", "rpm": 3,
+                  "quota_group": "proj", "max_concurrency": 5},
+                 {"key_id": "b", "model_name": "m2", "provider": "fake", "tpm": 1000}],
+        "quota_groups": [{"name": "proj", "rpd": 100}],
+    })
+    pool = RedisKeyPool(rc, RedisSchema(namespace), kf)  # type: ignore[arg-type]
+    out = [pool.reserve(ReserveRequest(f"r{i}", ["m", "m2"], 10, 10)) for i in range(6)]
+    grants = [g for g in out if isinstance(g, Grant)]
+    assert len(grants) == 6 and {g.key_id for g in grants} == {"a", "b"}
+    for g in grants:
+        pool.settle(g, Usage(input_tokens=5, output_tokens=5))
+    w = pool.reserve(ReserveRequest("w", ["m"], 1, 1))
+    assert isinstance(w, Wait) and w.retryable
+    assert pool.release("w")
+    pool.cooldown("b", 5)
+    pool.report_success(grants[0], latency=0.1, rate_limit=None)
+    statuses = pool.key_statuses()
+    assert [s["state"] for s in statuses] == ["active", "cooldown"]
+    assert json.dumps(statuses)

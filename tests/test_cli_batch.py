@@ -143,8 +143,36 @@ def test_parse_line_forms() -> None:
     plain = parse_line(3, json.dumps({"prompt": "p", "system": "s", "custom_id": 7}))
     assert plain.custom_id == "7" and plain.fields == {"model": None, "prompt": "p", "system_prompt": "s"}
     for bad, kind in [("[1]", "invalid_json"), ('{"messages": []}', "invalid_request"),
-                      ('{"messages": [{"role": "tool", "content": "x"}]}', "unsupported"),
+                      ('{"messages": [{"role": "tool", "content": "x"}]}', "invalid_request"),
+                      ('{"messages": [{"role": "function", "content": "x"}]}', "unsupported"),
                       ('{"nothing": 1}', "invalid_request")]:
         with pytest.raises(LineError) as info:
             parse_line(4, bad)
         assert info.value.kind == kind
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_batch_lines_with_tools_and_schemas_run_through_the_queue(env: dict[str, str], tmp_path: Path) -> None:
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+    lines = [
+        {"custom_id": "tools", "url": "/v1/chat/completions", "body": {
+            "model": "fake-model", "tools": [weather], "messages": [{"role": "user", "content": "Rome"}]}},
+        {"custom_id": "schema", "body": {"model": "fake-model", "messages": [{"role": "user", "content": "sum up"}],
+                                         "response_format": {"type": "json_schema",
+                                                             "json_schema": {"name": "s", "schema": schema}}}},
+        {"custom_id": "audio", "body": {"model": "fake-model", "modalities": ["audio"],
+                                        "messages": [{"role": "user", "content": "sing"}]}},
+    ]
+    src, out = tmp_path / "surface.jsonl", tmp_path / "surface-out.jsonl"
+    src.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = CliRunner().invoke(cli, ["batch", "run", str(src), "--out", str(out), "--json", "--quiet"], env=env)
+    assert result.exit_code == 1, result.output  # one line refused
+    got = {rec["custom_id"]: rec for rec in map(json.loads, out.read_text().splitlines())}
+    assert got["tools"]["finish_reason"] == "tool_calls"
+    assert [(c["name"], json.loads(c["arguments"])) for c in got["tools"]["tool_calls"]] == [("get_weather",
+                                                                                              {"city": "Rome"})]
+    assert json.loads(got["schema"]["content"]) == {"summary": "echo: sum up"}
+    assert got["audio"]["status"] == "failed" and got["audio"]["error"]["type"] == "unsupported"

@@ -3,13 +3,7 @@ every slot): the server refuses any command whose keys span slots (CROSSSLOT).""
 
 from __future__ import annotations
 
-import random
-import socket
-import time
-from collections.abc import Iterator
-
 import pytest
-import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, ResponseError
 
@@ -19,39 +13,6 @@ from router_jobs.backend.schema import RedisSchema
 from router_jobs.conversations.store import ConversationStore
 from router_jobs.models import ChatMessage
 from router_jobs.settings import Settings
-from tests.redis_server import RedisServer
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    for _ in range(200):
-        port = random.randint(20000, 50000)
-        try:
-            for p in (port, port + 10000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
-    pytest.skip("no free port pair for a cluster node")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    server = RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", port=cluster_port())
-    try:
-        plain = redis.Redis(port=server.port)
-        plain.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
-        deadline = time.monotonic() + 10
-        while b"cluster_state:ok" not in plain.execute_command("CLUSTER", "INFO"):
-            if time.monotonic() > deadline:
-                pytest.fail("single-node cluster did not come up")
-            time.sleep(0.05)
-        client = RedisCluster(host="127.0.0.1", port=server.port)
-        yield client
-        client.close()
-    finally:
-        server.stop()
 
 
 def test_the_cluster_refuses_cross_slot_scripts(cluster: RedisCluster) -> None:

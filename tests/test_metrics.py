@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from router_jobs import errors
 from router_jobs.backend.schema import RedisSchema
@@ -25,11 +24,9 @@ from router_jobs.models import JobResult, JobSpec, JobStatus, Usage
 from router_jobs.observability.exporter import MetricsServer, exported_metric_names, reap_dead_processes
 from router_jobs.observability.metrics import MetricsObserver, WorkerMetrics, reason_class, record_submitted
 from router_jobs.settings import Settings
+from tests.support import metric_samples
 
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+samples = metric_samples
 
 
 def val(reg: CollectorRegistry, name: str, **labels: str) -> float:

@@ -11,28 +11,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from router_jobs.client.router import Router
 from router_jobs.errors import JobExpired, JobFailed
 from router_jobs.observability.exporter import MetricsServer
 from router_jobs.settings import Settings
+from tests.support import Samples, metric_samples, metric_total
 from tests.workerpool import WorkerPool, fake_key, write_keys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(url: str) -> Samples:
     """``/metrics`` as {(sample name, sorted labels): value}."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+    return metric_samples(urllib.request.urlopen(url + "/metrics", timeout=10).read().decode())
 
 
-def scrape_when_up(url: str, timeout: float = 20.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape_when_up(url: str, timeout: float = 20.0) -> Samples:
     """:func:`scrape` once the exporter listens (a pool starts its fork after its workers)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -44,10 +39,7 @@ def scrape_when_up(url: str, timeout: float = 20.0) -> dict[tuple[str, tuple[tup
             time.sleep(0.1)
 
 
-def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(v for (n, lab), v in samples.items()
-               if n == name and all(dict(lab).get(k) == w for k, w in labels.items()))
+total = metric_total
 
 
 @pytest.fixture

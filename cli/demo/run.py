@@ -41,9 +41,9 @@ from router_jobs.backend.connection import EmbeddedRedis
 from router_jobs.batch.runner import BatchProgress, BatchRunner
 from router_jobs.client.router import Router
 from router_jobs.errors import BrokerError
-from router_jobs.observability.gauges import live_consumers
 from router_jobs.ops import reads as ops
 from router_jobs.ops import views
+from router_jobs.ops.workers import live_workers
 from router_jobs.secrets.stores import env_names
 from router_jobs.settings import Settings
 
@@ -106,7 +106,7 @@ class Demo:
         assert self.router is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if live_consumers(self.router.client, self.router.schema, 6.0) >= self.plan.workers:
+            if live_workers(self.router.client, self.router.schema, 6.0) >= self.plan.workers:
                 return
             if any(p.poll() is not None for p in self.workers):
                 raise BrokerError(f"a worker pool exited at start; see {self.tmp}/worker-*.log")

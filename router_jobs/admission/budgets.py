@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from router_jobs.backend.ops import Op, Steps, drive, pipelined
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import Cost
 from router_jobs.errors import BudgetExceeded, JobValidationError
@@ -116,13 +117,17 @@ class Budgets:
     def check(self, user_id: str | None, key_id: str | None = None, estimated_cost: float = 0.0) -> None:
         """Raise :class:`BudgetExceeded` when the user's or the key's cap is reached today or
         would be passed by ``estimated_cost`` more; return None otherwise."""
+        drive(self.client, self.check_steps(user_id, key_id, estimated_cost))
+
+    def check_steps(self, user_id: str | None, key_id: str | None = None,
+                    estimated_cost: float = 0.0) -> Steps[None]:
+        """:meth:`check` as a rule (for the asyncio client)."""
         scopes = [s for s in (f"user:{user_id}" if user_id else None, f"key:{key_id}" if key_id else None) if s]
         if not scopes:
             return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(self.schema.budget_caps(), scopes)
-        pipe.hmget(self.schema.budget_spend(self.today()), scopes)
-        caps, spent = pipe.execute()
+        day = yield Op(lambda c: c.time(), lambda t: datetime.fromtimestamp(t[0], UTC).strftime("%Y-%m-%d"))
+        caps, spent = yield Op(lambda c: pipelined(c, lambda p: p.hmget(self.schema.budget_caps(), scopes),
+                                                   lambda p: p.hmget(self.schema.budget_spend(day), scopes)))
         for scope, cap_raw, spent_raw in zip(scopes, caps, spent, strict=True):
             if cap_raw is None:
                 continue

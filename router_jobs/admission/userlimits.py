@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from router_jobs.backend.ops import Op, run
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
 from router_jobs.errors import JobValidationError, SubmitRateLimited
@@ -77,6 +78,10 @@ class UserLimiter:
 
     def decide(self, user_id: str | None, cost: float = 1, *, take: bool = True) -> Decision:
         """Run the bucket script; ``take=False`` only looks (nothing is charged)."""
+        return run(self.client, self.decide_op(user_id, cost, take=take))
+
+    def decide_op(self, user_id: str | None, cost: float = 1, *, take: bool = True) -> Op[Decision]:
+        """:meth:`decide` as an op (for the asyncio client)."""
         if cost < 0:
             raise JobValidationError("cost", "must be >= 0")
         keys = [self.schema.limits_global(), self.schema.limits_overrides()]
@@ -87,20 +92,23 @@ class UserLimiter:
             repr(self.global_rpm), repr(self.global_burst),
             repr(self.user_rpm), repr(self.user_burst), user_id or "",
         ]
-        out = self._scripts.token_bucket(keys=keys, args=args)
-        scope = out[2].decode() if isinstance(out[2], bytes) else str(out[2])
-        user_tokens = _num(out[5])
         has_user = user_id is not None
-        return Decision(
-            admitted=int(out[0]) == 1,
-            retry_after=_num(out[1]),
-            scope=scope,
-            server_time=_num(out[3]) / 1_000_000,
-            global_tokens=_num(out[4]),
-            user_tokens=user_tokens if has_user else None,
-            user_rpm=_num(out[6]) if has_user else None,
-            user_burst=_num(out[7]) if has_user else None,
-        )
+
+        def parse(out: Any) -> Decision:
+            scope = out[2].decode() if isinstance(out[2], bytes) else str(out[2])
+            user_tokens = _num(out[5])
+            return Decision(
+                admitted=int(out[0]) == 1,
+                retry_after=_num(out[1]),
+                scope=scope,
+                server_time=_num(out[3]) / 1_000_000,
+                global_tokens=_num(out[4]),
+                user_tokens=user_tokens if has_user else None,
+                user_rpm=_num(out[6]) if has_user else None,
+                user_burst=_num(out[7]) if has_user else None,
+            )
+
+        return Op(lambda c: AdmissionScripts.on(c).token_bucket(keys=keys, args=args), parse)
 
     def acquire(self, user_id: str | None, cost: float = 1) -> float:
         """Take ``cost`` tokens from the user's and the global bucket at once.

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from redis.commands.core import AsyncScript, Script
+
+S = TypeVar("S", bound="ScriptSet")
 
 
 @cache
@@ -62,3 +64,15 @@ class ScriptSet:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._registered: dict[str, Script | AsyncScript] = {}
+
+    @classmethod
+    def on(cls: type[S], client: Any) -> S:
+        """The set registered on ``client``, made once per client and kept with it."""
+        sets: dict[type, ScriptSet] | None = getattr(client, "_router_jobs_scripts", None)
+        if sets is None:
+            sets = {}
+            client._router_jobs_scripts = sets
+        found = sets.get(cls)
+        if found is None:
+            found = sets[cls] = cls(client)
+        return found  # type: ignore[return-value]

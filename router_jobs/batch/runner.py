@@ -35,8 +35,8 @@ from typing import IO, Any
 
 from router_jobs.batch.lines import BatchRequest, LineError, parse_line
 from router_jobs.client.router import Router, validate_spec
+from router_jobs.client.waiting import JobWaiter
 from router_jobs.errors import ConfigError, JobValidationError
-from router_jobs.jobs.records import parse_result
 from router_jobs.models import JobResult
 
 #: how long a batch record stays in Redis after its last update
@@ -159,7 +159,11 @@ def output_record(req_line: int, custom_id: str | None, metadata: dict[str, Any]
         rec["status"] = result.status.value
         if result.ok:
             rec.update(content=result.content, model=result.model, provider=result.provider, key_id=result.key_id,
-                       usage=result.usage.model_dump(), attempts=result.attempts)
+                       usage=result.usage.model_dump(), attempts=result.attempts, finish_reason=result.finish_reason)
+            if result.tool_calls:
+                rec["tool_calls"] = [c.model_dump() for c in result.tool_calls]
+            if result.refusal is not None:
+                rec["refusal"] = result.refusal
         else:
             rec["error"] = {"type": result.error_type or result.status.value, "message": result.error_message or ""}
     else:
@@ -263,36 +267,18 @@ class BatchRunner:
         pipe.execute()
 
     # -- collecting --------------------------------------------------------------------------
-    def _check(self, job_ids: list[str], progress: BatchProgress, pubsub: Any) -> None:
-        ids = [j for j in job_ids if j in self._pending]
-        if not ids:
-            return
-        pipe = self.router.client.pipeline(transaction=False)
-        for j in ids:
-            pipe.hgetall(self.router.schema.job(j))
-        ended = []
-        for j, fields in zip(ids, pipe.execute(), strict=True):
-            result = parse_result(j, fields)
-            p = self._pending[j]
-            if result is None:
-                rec = output_record(p.line, p.custom_id, p.metadata, error=("expired", "job record is gone"))
-            elif result.status.terminal:
-                rec = output_record(p.line, p.custom_id, p.metadata, result)
-            else:
-                continue
-            del self._pending[j]
-            ended.append(self.router.schema.job_channel(j))
-            self._emit(p.line, rec, progress)
-        if ended:
-            pubsub.unsubscribe(*ended)
+    def _check(self, job_ids: list[str], progress: BatchProgress, waiter: JobWaiter) -> None:
+        for result in waiter.collect(job_ids):
+            p = self._pending.pop(result.job_id)
+            self._emit(p.line, output_record(p.line, p.custom_id, p.metadata, result), progress)
 
-    def _submit(self, n: int, text: str, progress: BatchProgress, pubsub: Any) -> str | None:
+    def _submit(self, n: int, text: str, progress: BatchProgress, waiter: JobWaiter) -> str | None:
         custom_id: str | None = None
         metadata: dict[str, Any] = {}
         try:
             req = parse_line(n, text)
             custom_id, metadata = req.custom_id, req.metadata
-            spec = validate_spec(self._fields(req), self.router.settings, self.router.served_models())
+            spec = validate_spec(self._fields(req), self.router.settings, self.router.served_providers())
         except LineError as exc:
             self._emit(n, output_record(n, exc.custom_id, metadata, error=(exc.kind, exc.message)), progress)
             return None
@@ -300,7 +286,7 @@ class BatchRunner:
             self._emit(n, output_record(n, custom_id, metadata, error=("invalid_request", str(exc))), progress)
             return None
         job_id = line_job_id(self.router.schema.ns, str(self.batch_id), n)
-        pubsub.subscribe(self.router.schema.job_channel(job_id))  # before submit: no missed wake-up
+        waiter.watch([job_id])  # before submit: no missed wake-up
         handle = self.router.submit_spec(spec, job_id=job_id)
         if progress.pool_rate == 0:
             progress.pool_rate = self.router.scheduler.admission_rate(spec.model)
@@ -316,7 +302,7 @@ class BatchRunner:
         started = time.monotonic()
         state = "interrupted"
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
-        pubsub = self.router.client.pubsub(ignore_subscribe_messages=True)
+        waiter = JobWaiter(self.router.client, self.router.schema)
         lines = self._lines(skip)
         exhausted = False
         last_report = last_save = last_recheck = 0.0
@@ -333,17 +319,17 @@ class BatchRunner:
                             break
                         if self.ordered:
                             self._order.append(nxt[0])
-                        job_id = self._submit(nxt[0], nxt[1], progress, pubsub)
+                        job_id = self._submit(nxt[0], nxt[1], progress, waiter)
                         if job_id is not None:
                             fresh.append(job_id)
-                    self._check(fresh, progress, pubsub)
+                    self._check(fresh, progress, waiter)
                     if exhausted and not self._pending:
                         break
-                    woke = self._wait(pubsub)
+                    woke = waiter.poll(0.25) if self._pending else []
                     now = time.monotonic()
                     if now - last_recheck >= RECHECK_EVERY:
                         woke, last_recheck = list(self._pending), now
-                    self._check(woke, progress, pubsub)
+                    self._check(woke, progress, waiter)
                     out.flush()
                     progress.in_flight, progress.elapsed = len(self._pending), now - started
                     if self.on_progress is not None and now - last_report >= self.progress_every:
@@ -356,24 +342,12 @@ class BatchRunner:
                 os.fsync(out.fileno())
             state = "finished"
         finally:
-            pubsub.close()
+            waiter.close()
             progress.in_flight, progress.elapsed = len(self._pending), time.monotonic() - started
             self._save(progress, state)
             if self.on_progress is not None:
                 self.on_progress(progress)
         return progress
-
-    def _wait(self, pubsub: Any) -> list[str]:
-        if not self._pending:
-            return []
-        prefix = self.router.schema.job_channel("")
-        woke: list[str] = []
-        msg = pubsub.get_message(timeout=0.25)
-        while msg is not None:
-            channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else str(msg["channel"])
-            woke.append(channel[len(prefix):])
-            msg = pubsub.get_message(timeout=0)
-        return woke
 
 
 def batch_status(router: Router, batch_id: str) -> dict[str, Any] | None:

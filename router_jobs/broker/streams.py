@@ -46,6 +46,7 @@ from dramatiq.middleware import Middleware
 
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
+from router_jobs.broker.wire import decode_dead_letter
 from router_jobs.errors import BrokerError
 
 GROUP = "workers"
@@ -238,21 +239,7 @@ class StreamsBroker(Broker):
     def dead_letters(self, queue_name: str, count: int = 100) -> list[dict[str, Any]]:
         """The newest dead-lettered entries of a queue, newest first."""
         rows: Any = self.client.xrevrange(self.schema.dead(queue_name), count=count)
-        out = []
-        for entry_id, fields in rows:
-            f = {k.decode(): v for k, v in fields.items()}
-            msg = Message.decode(f["m"]) if f.get("m") else None
-            out.append({
-                "id": entry_id.decode(),
-                "message_id": msg.message_id if msg else None,
-                "actor": msg.actor_name if msg else None,
-                "args": list(msg.args) if msg else [],
-                "reason": f.get("reason", b"").decode(),
-                "deliveries": int(f.get("deliveries", b"0") or 0),
-                "starts": int(f.get("starts", b"0") or 0),
-                "at": int(f.get("at", b"0") or 0),
-            })
-        return out
+        return [decode_dead_letter(queue_name, entry_id, fields).as_dict() for entry_id, fields in rows]
 
 
 class StreamConsumer(Consumer):

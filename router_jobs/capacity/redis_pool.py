@@ -80,6 +80,7 @@ from typing import Any
 
 import redis
 
+from router_jobs.backend.ops import Op, Steps, drive
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
 from router_jobs.capacity.config import KeyConfig, KeysFile, load_keys
@@ -192,8 +193,21 @@ class RedisKeyPool:
 
     def models(self) -> set[str]:
         """Every model that at least one key marked active in the registry serves."""
-        keys = self.registry.current().keys.values()
-        return {m for k in keys if k.active for m in k.served_models()}
+        return self.registry.current().served_models()
+
+    def models_steps(self) -> Steps[set[str]]:
+        """:meth:`models` as a rule (for the asyncio client)."""
+        registry = yield from self.registry.refresh_steps()
+        return registry.served_models()
+
+    def providers_by_model(self) -> dict[str, set[str]]:
+        """For every model an active key serves: the providers of those keys."""
+        return self.registry.current().providers_by_model()
+
+    def providers_steps(self) -> Steps[dict[str, set[str]]]:
+        """:meth:`providers_by_model` as a rule (for the asyncio client)."""
+        registry = yield from self.registry.refresh_steps()
+        return registry.providers_by_model()
 
     # ------------------------------------------------------------------ reserve / settle
     def _ms_args(self) -> list[int]:
@@ -234,22 +248,31 @@ class RedisKeyPool:
             base_url=cfg.base_url, timeout=cfg.timeout,
         )
 
-    def _settle(self, reservation_id: str, key_id: str | None, mode: str, usage: Usage | None) -> bool:
+    def _settle_steps(self, reservation_id: str, key_id: str | None, mode: str, usage: Usage | None) -> Steps[bool]:
         ks, pool = self.ks, self.pool
         if key_id is None:
-            raw = self.client.hget(ks.pool_reservations(pool), reservation_id)
+            raw = yield Op(lambda c: c.hget(ks.pool_reservations(pool), reservation_id))
             if raw is None:
                 return False
             key_id = _record_key(raw)
+        registry = yield from self.registry.refresh_steps()
+        cfg = registry.keys.get(key_id)
+        if cfg is None:  # added since the last read
+            registry = yield from self.registry.refresh_steps(force=True)
+            cfg = registry.keys.get(key_id)
         keys = [
             ks.pool_reservations(pool), ks.pool_log(pool), ks.pool_sums(pool), ks.pool_leases(pool),
             ks.pool_inflight(pool), ks.pool_stats(pool),
         ]
-        keys += [ks.pool_free(pool, m) for m in self.registry.models_of(key_id)]
+        keys += [ks.pool_free(pool, m) for m in (cfg.served_models() if cfg else [])]
         args: list[Any] = [reservation_id, mode]
         if usage is not None:
             args += [max(0, usage.input_tokens), max(0, usage.output_tokens)]
-        return bool(self.scripts.settle(keys=keys, args=args))
+        settled = yield Op(lambda c: CapacityScripts.on(c).settle(keys=keys, args=args), bool)
+        return settled
+
+    def _settle(self, reservation_id: str, key_id: str | None, mode: str, usage: Usage | None) -> bool:
+        return drive(self.client, self._settle_steps(reservation_id, key_id, mode, usage))
 
     def settle(self, grant: Grant, usage: Usage | None) -> None:
         """Replace the estimate with ``usage`` (``None``: refund the tokens, keep the request)."""
@@ -258,6 +281,10 @@ class RedisKeyPool:
     def release(self, reservation_id: str) -> bool:
         """Give back a booked slot (or refund an unused grant's tokens). False if unknown/settled."""
         return self._settle(reservation_id, None, "release", None)
+
+    def release_steps(self, reservation_id: str) -> Steps[bool]:
+        """:meth:`release` as a rule (for the asyncio client)."""
+        return self._settle_steps(reservation_id, None, "release", None)
 
     # ------------------------------------------------------------------ outcomes
     def report_success(self, grant: Grant, *, latency: float, rate_limit: RateLimitInfo | None) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from router_jobs.backend.ops import Op, Steps, drive, pipelined, run
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import KeyConfig, KeysFile, Limits, QuotaGroup, parse_keys
 from router_jobs.errors import ConfigError
@@ -80,19 +81,30 @@ class RegistryStore:
         self.pool = pool
 
     # -- reading
+    def version_op(self) -> Op[int]:
+        """The registry's version (bumped by every write)."""
+        return Op(lambda c: c.get(self.ks.pool_version(self.pool)), lambda raw: int(raw or 0))
+
     def version(self) -> int:
-        return int(self.client.get(self.ks.pool_version(self.pool)) or 0)
+        return run(self.client, self.version_op())
+
+    def read_op(self) -> Op[tuple[int, dict[str, KeyConfig], dict[str, QuotaGroup]]]:
+        """(version, keys by id, groups by name) as stored now."""
+        ks, pool = self.ks, self.pool
+
+        def parse(replies: Any) -> tuple[int, dict[str, KeyConfig], dict[str, QuotaGroup]]:
+            ver, raw_keys, raw_groups = replies
+            keys = {k.decode(): KeyConfig.model_validate_json(v) for k, v in raw_keys.items()}
+            groups = {k.decode(): QuotaGroup.model_validate_json(v) for k, v in raw_groups.items()}
+            return int(ver or 0), keys, groups
+
+        return Op(lambda c: pipelined(c, lambda p: p.get(ks.pool_version(pool)),
+                                      lambda p: p.hgetall(ks.pool_registry(pool)),
+                                      lambda p: p.hgetall(ks.pool_groups(pool))), parse)
 
     def read(self) -> tuple[int, dict[str, KeyConfig], dict[str, QuotaGroup]]:
         """(version, keys by id, groups by name) as stored now."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(self.ks.pool_version(self.pool))
-        pipe.hgetall(self.ks.pool_registry(self.pool))
-        pipe.hgetall(self.ks.pool_groups(self.pool))
-        ver, raw_keys, raw_groups = pipe.execute()
-        keys = {k.decode(): KeyConfig.model_validate_json(v) for k, v in raw_keys.items()}
-        groups = {k.decode(): QuotaGroup.model_validate_json(v) for k, v in raw_groups.items()}
-        return int(ver or 0), keys, groups
+        return run(self.client, self.read_op())
 
     # -- writing
     def replace(self, keys_file: KeysFile) -> None:
@@ -189,16 +201,36 @@ class RegistryCache:
         self.keys: dict[str, KeyConfig] = {}
         self.groups: dict[str, QuotaGroup] = {}
 
-    def current(self, *, force: bool = False) -> RegistryCache:
-        """Refresh when due (or forced) and return self."""
+    def refresh_steps(self, *, force: bool = False) -> Steps[RegistryCache]:
+        """Refresh when due (or forced) and return self, on a sync or an asyncio client."""
         mono = time.monotonic()
         if not force and mono - self._checked < self.refresh_interval:
             return self
-        with self._lock:
-            self._checked = mono
-            if self.store.version() != self._version or force:
-                self._version, self.keys, self.groups = self.store.read()
+        self._checked = mono
+        version = yield self.store.version_op()
+        if version != self._version or force:
+            self._version, self.keys, self.groups = yield self.store.read_op()
         return self
+
+    def current(self, *, force: bool = False) -> RegistryCache:
+        """Refresh when due (or forced) and return self."""
+        if not force and time.monotonic() - self._checked < self.refresh_interval:
+            return self
+        with self._lock:
+            return drive(self.store.client, self.refresh_steps(force=force))
+
+    def served_models(self) -> set[str]:
+        """Every model that at least one active key serves, as last read."""
+        return {m for k in self.keys.values() if k.active for m in k.served_models()}
+
+    def providers_by_model(self) -> dict[str, set[str]]:
+        """For every model an active key serves: the providers of those keys, as last read."""
+        out: dict[str, set[str]] = {}
+        for k in self.keys.values():
+            if k.active:
+                for m in k.served_models():
+                    out.setdefault(m, set()).add(k.provider)
+        return out
 
     def key(self, key_id: str) -> KeyConfig | None:
         """The config of ``key_id``; re-reads Redis once when it is not known."""

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from router_jobs.backend.ops import Op, Steps, drive
 from router_jobs.backend.scripts import ScriptSet, lua, script_source
 from router_jobs.capacity.pool import Grant
 from router_jobs.capacity.redis_pool import RedisKeyPool
@@ -182,7 +183,11 @@ class Scheduler:
 
     # -- admission ---------------------------------------------------------------------------
     def _run(self, op: str, payload: list[str]) -> Admission:
-        models = self.lane_models()
+        return drive(self.client, self._run_steps(op, payload))
+
+    def _run_steps(self, op: str, payload: list[str]) -> Steps[Admission]:
+        registry = yield from self.pool.registry.refresh_steps()
+        models = sorted({m for k in registry.keys.values() for m in k.served_models()})
         keys = self._base_keys() + [
             self._part("demand"), self._part("fair"), self._part("grants"), self._part("sched"),
             self.ks.stream("interactive"), self.ks.stream("batch"),
@@ -191,13 +196,22 @@ class Scheduler:
             keys += [self.ks.pool_free(self.pool.pool, m), self.line_key(m)]
         args: list[Any] = [op, *self._ms(), self.interactive_share, self.interactive_hold_ms, self.max_admit,
                            len(models), *models, *payload]
-        admitted, next_ms, waiting = self.scripts.admit(keys=keys, args=args)
-        return Admission(int(admitted), int(next_ms), int(waiting))
+        out = yield Op(lambda c: SchedulerScripts.on(c).admit(keys=keys, args=args),
+                       lambda r: Admission(int(r[0]), int(r[1]), int(r[2])))
+        return out
 
     def enqueue(self, demands: Iterable[Demand], *, head: bool = False) -> Admission:
         """Put jobs in line (``head``: before every job of their class, e.g. after a 429) and
         admit what fits now. A job already waiting or admitted is left as it is."""
         return self._run("enqueue", ["1" if head else "0", *(d.encode() for d in demands)])
+
+    def enqueue_steps(self, demands: Iterable[Demand], *, head: bool = False) -> Steps[Admission]:
+        """:meth:`enqueue` as a rule (sync or asyncio client)."""
+        return self._run_steps("enqueue", ["1" if head else "0", *(d.encode() for d in demands)])
+
+    def remove_steps(self, job_ids: Iterable[str]) -> Steps[Admission]:
+        """:meth:`remove` as a rule (sync or asyncio client)."""
+        return self._run_steps("remove", list(job_ids))
 
     def admit(self, *, force: bool = False) -> Admission:
         """Admit heads of line while keys have room. Without ``force`` the step returns at

@@ -1,161 +1,99 @@
-"""Async twins of the client calls, on ``redis.asyncio``.
+"""The asyncio twin of :class:`~router_jobs.client.router.Router`, on ``redis.asyncio``.
 
 :class:`AsyncRouter` submits, awaits, streams results as they complete, cancels and looks
-jobs up without blocking an event loop on the waits. It shares its validation and its view of
-the key pool with a synchronous :class:`~router_jobs.client.router.Router` (those are sub-millisecond
-reads of cached state), so both refuse exactly the same jobs.
+jobs up without ever blocking its event loop: every Redis round trip goes through the asyncio
+client. It runs the very rules the sync router runs (:mod:`router_jobs.client.rules`:
+validation, user limits, budgets, ``on_rate_limit="delay"``, conversation turn numbering,
+cancellation) and waits with the same collector (:mod:`router_jobs.client.waiting`), so both
+refuse, limit and deliver exactly alike.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from router_jobs.backend.connection import connect_async
+from router_jobs.backend.ops import adrive
+from router_jobs.client import rules
 from router_jobs.client.router import JobRef, Router, job_id_of
-from router_jobs.errors import JobExpired, JobTimeout
-from router_jobs.jobs.records import JobScripts, job_message, new_job_id, parse_result, raise_for_result
-from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
+from router_jobs.client.waiting import AsyncJobWaiter
+from router_jobs.jobs.records import raise_for_result
+from router_jobs.models import JobHandle, JobResult, JobSpec
 from router_jobs.settings import Settings
 
 
 class AsyncRouter:
-    """The async face of :class:`~router_jobs.client.router.Router`.
+    """The async face of a :class:`~router_jobs.client.router.Router`.
 
-    Build it with ``AsyncRouter.from_env()`` or from a Router; ``await router.aclose()`` at
-    the end.
+    Build it with ``AsyncRouter.from_env()`` or around a Router (whose settings, key pool
+    view and stores it shares); ``await router.aclose()`` at the end.
     """
 
     def __init__(self, router: Router) -> None:
         self.sync = router
         self.schema = router.schema
-        self.client = connect_async(router.url) if router.url else connect_async(_url_of(router))
-        self.scripts = JobScripts(self.client)
+        self.client = connect_async(router.url or _url_of(router))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncRouter:
+        """An AsyncRouter configured from the environment (see ``Router.from_env``)."""
         return cls(Router(Settings.from_env(**overrides)))
 
     async def aclose(self) -> None:
+        """Release both Redis connections."""
         await self.client.aclose()
         self.sync.close()
 
-    async def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
-                     **fields: Any) -> JobHandle:
-        """Validate (as ``Router.submit`` does) and enqueue; see ``Router.submit``."""
-        from router_jobs.client.router import validate_spec
+    async def __aenter__(self) -> AsyncRouter:
+        return self
 
-        spec = validate_spec({"prompt": prompt, "model": model, **fields}, self.sync.settings,
-                             self.sync.served_models())
-        if spec.user_id is not None or spec.conversation_id is not None:
-            # limits, budgets and turn numbering live in the sync router's small Redis scripts
-            return self.sync.submit_spec(_checked(self.sync, spec), delay=delay)
-        return await self.submit_spec(spec, delay=delay)
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def served_models(self) -> set[str]:
+        """Models some active key of the pool serves (from the registry in Redis)."""
+        return await adrive(self.client, self.sync.pool.models_steps())
+
+    async def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
+                     on_rate_limit: str = "raise", **fields: Any) -> JobHandle:
+        """Validate and enqueue one job, as ``Router.submit`` does (same refusals and limits)."""
+        steps = rules.submit_steps(self.sync, {"prompt": prompt, "model": model, **fields}, delay=delay,
+                                   on_rate_limit=on_rate_limit)
+        return await adrive(self.client, steps)
 
     async def submit_spec(self, spec: JobSpec, *, delay: float = 0.0, job_id: str | None = None) -> JobHandle:
-        ks = self.schema
-        queue = spec.priority.value
-        job_id = job_id or new_job_id()
-        idem = spec.idempotency_key
-        got, existed = await self.scripts.submit(
-            keys=[ks.job(job_id), ks.stream(queue), ks.delayed(queue), ks.idempotency(idem or "-")],
-            args=[job_id, spec.model_dump_json(exclude_none=True), queue, job_message(job_id, queue),
-                  self.sync.settings.job_ttl_seconds, max(0, int(delay * 1000)), "1" if idem else "0"],
-        )
-        got_id = got.decode() if isinstance(got, bytes) else str(got)
-        return JobHandle(job_id=got_id, queue=spec.priority, deduplicated=bool(int(existed)))
+        """Enqueue an already validated spec (see ``Router.submit_spec``)."""
+        return await adrive(self.client, rules.submit_spec_steps(self.sync, spec, delay=delay, job_id=job_id))
 
     async def status(self, job: JobRef) -> JobResult | None:
-        job_id = job_id_of(job)
-        return parse_result(job_id, await self.client.hgetall(self.schema.job(job_id)))
+        """The job's current state (its result once it ended); None if unknown or expired."""
+        return await adrive(self.client, self.sync.jobs.get_op(job_id_of(job)).steps())
 
     async def cancel(self, job: JobRef) -> bool:
         """Cancel a job that has not started (see ``Router.cancel``)."""
-        return self.sync.cancel(job)
+        return await adrive(self.client, rules.cancel_steps(self.sync, job_id_of(job)))
 
     async def await_result(self, job: JobRef, timeout: float | None = 60.0, *,
                            raise_on_error: bool = True) -> JobResult:
-        """Wait (without blocking the loop) until the job ends; typed errors as the sync twin."""
-        job_id = job_id_of(job)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(self.schema.job_channel(job_id))
-            while True:
-                result = await self.status(job_id)
-                if result is None:
-                    raise JobExpired(job_id, f"job {job_id} is unknown or its record expired")
-                if result.status.terminal:
-                    return raise_for_result(result) if raise_on_error else result
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise JobTimeout(job_id, timeout or 0.0)
-                await pubsub.get_message(timeout=min(remaining, 5.0) if remaining is not None else 5.0)
-        finally:
-            await pubsub.aclose()
+        """Wait for the job to end; as ``Router.await_result``."""
+        async with AsyncJobWaiter(self.client, self.schema) as waiter:
+            async for result in waiter.results([job_id_of(job)], timeout):
+                return raise_for_result(result) if raise_on_error else result
+        raise AssertionError("unreachable: results() yields the job's ending or raises")
 
     async def as_completed(self, jobs: Iterable[JobRef], timeout: float | None = None) -> AsyncIterator[JobResult]:
-        """Yield each job's result as it ends, over one pub/sub connection."""
-        pending = {job_id_of(j) for j in jobs}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        prefix = self.schema.job_channel("")
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            ids = sorted(pending)
-            for i in range(0, len(ids), 500):
-                await pubsub.subscribe(*[self.schema.job_channel(j) for j in ids[i:i + 500]])
-            woke: list[str] = ids
-            while pending:
-                for result in await self._collect(woke, pending):
-                    yield result
-                if not pending:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise JobTimeout(next(iter(pending)), timeout or 0.0)
-                msg = await pubsub.get_message(timeout=min(remaining, 5.0) if remaining is not None else 5.0)
-                woke = []
-                while msg is not None:
-                    channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
-                    woke.append(channel[len(prefix):])
-                    msg = await pubsub.get_message(timeout=0)
-                woke = woke or sorted(pending)
-        finally:
-            await pubsub.aclose()
-
-    async def _collect(self, ids: list[str], pending: set[str]) -> list[JobResult]:
-        ids = [j for j in ids if j in pending]
-        out: list[JobResult] = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            pipe = self.client.pipeline(transaction=False)
-            for j in chunk:
-                pipe.hgetall(self.schema.job(j))
-            for j, fields in zip(chunk, await pipe.execute(), strict=True):
-                result = parse_result(j, fields) or JobResult(
-                    job_id=j, status=JobStatus.expired, error_type="expired",
-                    error_message="job is unknown or its record expired")
-                if result.status.terminal:
-                    pending.discard(j)
-                    out.append(result)
-        return out
+        """Yield each job's result as it ends, over one pub/sub connection (as ``Router.as_completed``)."""
+        async with AsyncJobWaiter(self.client, self.schema) as waiter:
+            async for result in waiter.results([job_id_of(j) for j in jobs], timeout):
+                yield result
 
 
 def _url_of(router: Router) -> str:
+    """The URL of a Router built around an existing client (no URL of its own)."""
     kwargs = router.client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
     return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
-def _checked(router: Router, spec: JobSpec) -> JobSpec:
-    """Apply the sync router's user limits and budget checks to an already valid spec."""
-    if spec.user_id is not None:
-        from router_jobs.errors import SubmitRateLimited
-
-        router.budgets.check(spec.user_id)
-        wait = router.limiter.acquire(spec.user_id)
-        if wait > 0:
-            raise SubmitRateLimited("user", wait)
-    return spec

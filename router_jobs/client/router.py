@@ -9,8 +9,9 @@ thousands of jobs over one connection.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -19,23 +20,21 @@ from pydantic import ValidationError
 from router_jobs.admission.budgets import Budgets
 from router_jobs.admission.userlimits import UserLimiter
 from router_jobs.backend.connection import connect, resolve_redis_url
+from router_jobs.backend.ops import drive
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import KeysFile
 from router_jobs.capacity.redis_pool import RedisKeyPool
-from router_jobs.capacity.scheduler import Demand, Position, Scheduler
-from router_jobs.conversations.store import ConversationStore, check_conv_id
-from router_jobs.errors import JobExpired, JobTimeout, JobValidationError, SubmitRateLimited
-from router_jobs.jobs.records import JobStore, job_message, new_job_id, parse_result, raise_for_result
-from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
-from router_jobs.observability.metrics import record_submitted
-from router_jobs.seed import SeedCompat
+from router_jobs.capacity.scheduler import Position, Scheduler
+from router_jobs.client import rules, seedcalls
+from router_jobs.client.waiting import JobWaiter
+from router_jobs.conversations.store import ConversationStore
+from router_jobs.errors import JobValidationError
+from router_jobs.jobs.records import JobStore, raise_for_result
+from router_jobs.models import JobHandle, JobResult, JobSpec
+from router_jobs.providers.capabilities import check_spec
 from router_jobs.settings import Settings
-from router_jobs.tokens import estimate_tokens
 
 JobRef = JobHandle | str
-
-#: channels subscribed per SUBSCRIBE command in as_completed
-_SUBSCRIBE_CHUNK = 500
 
 
 def job_id_of(job: JobRef) -> str:
@@ -43,35 +42,70 @@ def job_id_of(job: JobRef) -> str:
     return job.job_id if isinstance(job, JobHandle) else str(job)
 
 
-def validate_spec(fields: dict[str, Any], settings: Settings, served: set[str] | None) -> JobSpec:
-    """Build and check a JobSpec; raise :class:`JobValidationError` naming the field."""
+_PART_TAGS = {"text", "image", "provider"}
+_TYPE_NAMES = {"str", "int", "float", "bool", "none"}
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+_FIELD_HINT = re.compile(r"^([a-z_][a-z0-9_.]*): (.+)$", re.S)
+
+
+def _error_field(exc: ValidationError) -> tuple[str, str]:
+    """The field path (``messages[1].content[0].url``) and reason of a pydantic error.
+
+    Of a union's errors (content is text or parts) the deepest is the telling one.
+    """
+    err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+    loc = ""
+    parts = list(err.get("loc", ()))
+    for i, p in enumerate(parts):
+        if isinstance(p, int):
+            loc += f"[{p}]"
+        elif i > 0 and isinstance(parts[i - 1], int) and p in _PART_TAGS:
+            continue  # the discriminator's tag of a content part, not a field
+        elif _FIELD.fullmatch(p) and p not in _TYPE_NAMES:  # else a union branch's type name
+            loc += ("." if loc else "") + p
+    msg = str(err.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    hint = _FIELD_HINT.match(msg)
+    if hint is not None:  # a model-level check names its field first: "tool_choice: needs tools"
+        loc = f"{loc}.{hint.group(1)}" if loc else hint.group(1)
+        msg = hint.group(2)
+    return loc or "job", msg
+
+
+def validate_spec(fields: dict[str, Any], settings: Settings,
+                  served: set[str] | Mapping[str, Iterable[str]] | None) -> JobSpec:
+    """Build and check a JobSpec; raise :class:`JobValidationError` naming the field.
+
+    ``served`` is the set of models the pool serves, or (better) a mapping from each served
+    model to its providers (``Router.served_providers()``): then every feature the job asks
+    for is checked against every provider that could run it
+    (:mod:`router_jobs.providers.capabilities`).
+    """
     try:
         spec = JobSpec.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "job"
-        msg = str(err.get("msg", "invalid"))
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if ": " in msg and loc == "job":
-            loc, msg = msg.split(": ", 1)
+        loc, msg = _error_field(exc)
         raise JobValidationError(loc, msg) from None
     if served is not None:
         for field_name, model in [("model", spec.model)] + [("fallback_models", m) for m in spec.fallback_models]:
             if model not in served:
                 known = ", ".join(sorted(served)) or "none"
                 raise JobValidationError(field_name, f"no active key serves model {model!r} (served: {known})")
+        if isinstance(served, Mapping):
+            check_spec(spec, served)
     size = len(spec.model_dump_json())
     if size > settings.max_payload_bytes:
         raise JobValidationError(
-            "prompt", f"job is {size} bytes, over the {settings.max_payload_bytes}-byte limit"
+            "prompt" if spec.messages is None else "messages",
+            f"job is {size} bytes, over the {settings.max_payload_bytes}-byte limit",
         )
     if spec.deadline is not None and spec.deadline <= time.time():
         raise JobValidationError("deadline", "is already in the past")
     return spec
 
 
-class Router(SeedCompat):
+class Router:
     """Submit LLM jobs and collect their results. Build it explicitly or with ``from_env()``.
 
     Parameters:
@@ -127,6 +161,10 @@ class Router(SeedCompat):
         """Models some active key of the pool serves (from the registry in Redis)."""
         return self.pool.models()
 
+    def served_providers(self) -> dict[str, set[str]]:
+        """Each served model with the providers of the active keys that serve it."""
+        return self.pool.providers_by_model()
+
     def submit(self, prompt: str | None = None, *, model: str, delay: float = 0.0,
                on_rate_limit: str = "raise", **fields: Any) -> JobHandle:
         """Validate and enqueue one job; returns its handle at once.
@@ -141,49 +179,16 @@ class Router(SeedCompat):
         Raises JobValidationError (nothing enqueued) for a malformed job, BudgetExceeded when
         a cap is reached.
         """
-        if on_rate_limit not in ("raise", "delay"):
-            raise JobValidationError("on_rate_limit", "must be 'raise' or 'delay'")
-        try:
-            spec = validate_spec({"prompt": prompt, "model": model, **fields}, self.settings, self.served_models())
-        except JobValidationError:
-            record_submitted(str(fields.get("priority", "interactive")), "refused", "rejected")
-            raise
-        if spec.conversation_id is not None:
-            check_conv_id(spec.conversation_id)
-        if spec.user_id is not None:
-            self.budgets.check(spec.user_id)
-            wait = self.limiter.acquire(spec.user_id)
-            if wait > 0:
-                if on_rate_limit == "raise" or wait == float("inf"):
-                    scope = self.limiter.decide(spec.user_id, take=False).scope or "user"
-                    record_submitted(spec.priority.value, spec.model, "rate_limited")
-                    raise SubmitRateLimited(scope, wait)
-                delay = max(delay, wait)
-        return self.submit_spec(spec, delay=delay)
+        steps = rules.submit_steps(self, {"prompt": prompt, "model": model, **fields}, delay=delay,
+                                   on_rate_limit=on_rate_limit)
+        return drive(self.client, steps)
 
     def submit_spec(self, spec: JobSpec, *, delay: float = 0.0, job_id: str | None = None) -> JobHandle:
         """Enqueue an already validated spec (same idempotency rules as ``submit``).
 
         A conversation turn draws its turn number here: turns run in submission order.
         """
-        if spec.conversation_id is not None and spec.turn_seq is None:
-            if not self.conversations.exists(spec.conversation_id):
-                self.conversations.create(spec.conversation_id, system_prompt=spec.system_prompt)
-            spec = spec.model_copy(update={"turn_seq": self.conversations.next_turn_seq(spec.conversation_id)})
-        # a job that needs nothing but room goes straight into the pool's line (admitted now
-        # if a key has room): it is delivered once, when it can run. Conversation turns and
-        # delayed jobs go through a worker first (turn order, history size, the delay).
-        in_line = spec.conversation_id is None and delay <= 0
-        job_id, existed = self.jobs.submit(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000),
-                                           hold=in_line)
-        if in_line and not existed:
-            queue = spec.priority.value
-            tokens = estimate_tokens(spec.chat_messages(), spec.model)
-            self.scheduler.enqueue([Demand.for_spec(job_id, queue, spec, tokens, job_message(job_id, queue))])
-        record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
-        if existed and spec.conversation_id is not None and spec.turn_seq is not None:
-            self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
-        return JobHandle(job_id=job_id, queue=spec.priority, deduplicated=existed)
+        return drive(self.client, rules.submit_spec_steps(self, spec, delay=delay, job_id=job_id))
 
     # -- looking up --------------------------------------------------------------------------
     def status(self, job: JobRef) -> JobResult | None:
@@ -197,47 +202,52 @@ class Router(SeedCompat):
 
     def cancel(self, job: JobRef) -> bool:
         """Cancel a job that has not started (or is waiting for room). True if cancelled."""
-        job_id = job_id_of(job)
-        current = self.jobs.get(job_id)
-        if current is None or current.status != JobStatus.queued:
-            return False
-        spec = self.jobs.spec(job_id)
-        queue = spec.priority.value if spec else "interactive"
-        result = JobResult(job_id=job_id, status=JobStatus.cancelled, queued_at=current.queued_at,
-                           finished_at=time.time(), error_type="cancelled", error_message="cancelled by request",
-                           attempts=current.attempts, conversation_id=spec.conversation_id if spec else None)
-        cancelled = self.jobs.finish(result, queue=queue, only_if_queued=True) == 1
-        if cancelled:  # out of the pool's line; an admission not yet claimed gives its room back
-            self.scheduler.remove([job_id])
-        if cancelled and spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:
-            self.conversations.finish_turn(spec.conversation_id, spec.turn_seq)
-        return cancelled
+        return drive(self.client, rules.cancel_steps(self, job_id_of(job)))
+
+    # -- the seed system's calls (dict results, never raise) ---------------------------------
+    def send_one_shot(self, prompt: str, model_preference: str | None = None, system_prompt: str | None = None,
+                      expected_completion_tokens: int = 512, max_output_tokens: int = 2048,
+                      temperature: float = 0.7, **fields: Any) -> dict[str, Any]:
+        """One prompt, one answer, as the seed's dict; waits for room instead of failing.
+
+        ``expected_completion_tokens`` is accepted for compatibility: the reservation uses
+        ``max_output_tokens`` and is settled to the real usage afterwards.
+        """
+        return seedcalls.send(self, prompt=prompt, model=model_preference or seedcalls.default_model(self),
+                              system_prompt=system_prompt, max_output_tokens=max_output_tokens,
+                              temperature=temperature, **fields)
+
+    def send_chat(self, conv_id: str, prompt: str, user_id: str | None = None,
+                  model_preference: str | None = None, expected_completion_tokens: int = 512,
+                  max_output_tokens: int = 2048, temperature: float = 0.7, system_prompt: str | None = None,
+                  metadata: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        """One turn of a conversation, as the seed's dict: the history is sent along and the
+        turn is appended (only when it succeeds), whichever key or provider serves it."""
+        return seedcalls.send(self, prompt=prompt, model=model_preference or seedcalls.default_model(self),
+                              conversation_id=conv_id, user_id=user_id, system_prompt=system_prompt,
+                              max_output_tokens=max_output_tokens, temperature=temperature,
+                              metadata=metadata or {}, **fields)
+
+    def health_check(self) -> dict[str, Any]:
+        """The seed's health shape: ``healthy`` plus redis, keys, conversations and workers."""
+        return seedcalls.health_check(self)
+
+    def truncate_conversation(self, conv_id: str, keep_last_n: int = 20) -> int:
+        """Keep only the last ``keep_last_n`` messages of a conversation."""
+        return self.conversations.truncate(conv_id, keep_last_n)
 
     # -- awaiting ----------------------------------------------------------------------------
     def await_result(self, job: JobRef, timeout: float | None = 60.0, *, raise_on_error: bool = True) -> JobResult:
         """Block until the job ends; return its result.
 
-        Raises JobFailed, JobCancelled or JobExpired for those endings (unless
-        ``raise_on_error`` is False: then the result is returned as it is), and JobTimeout
-        when ``timeout`` seconds pass first.
+        Raises JobFailed, JobCancelled or JobExpired (also for an unknown job) for those
+        endings, unless ``raise_on_error`` is False: then the result is returned as it is.
+        Raises JobTimeout when ``timeout`` seconds pass first.
         """
-        job_id = job_id_of(job)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self.schema.job_channel(job_id))
-            while True:
-                result = self.jobs.get(job_id)
-                if result is None:
-                    raise JobExpired(job_id, f"job {job_id} is unknown or its record expired")
-                if result.status.terminal:
-                    return raise_for_result(result) if raise_on_error else result
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise JobTimeout(job_id, timeout or 0.0)
-                pubsub.get_message(timeout=min(remaining, 5.0) if remaining is not None else 5.0)
-        finally:
-            pubsub.close()
+        with JobWaiter(self.client, self.schema) as waiter:
+            for result in waiter.results([job_id_of(job)], timeout):
+                return raise_for_result(result) if raise_on_error else result
+        raise AssertionError("unreachable: results() yields the job's ending or raises")
 
     def result(self, job: JobRef) -> JobResult | None:
         """The result if the job ended, else None (never blocks)."""
@@ -251,42 +261,5 @@ class Router(SeedCompat):
         the unfinished jobs) when ``timeout`` seconds pass before all ended; an unknown or
         expired job is yielded as an ``expired`` result.
         """
-        pending = {job_id_of(j) for j in jobs}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        prefix = self.schema.job_channel("")
-        try:
-            ids = sorted(pending)
-            for i in range(0, len(ids), _SUBSCRIBE_CHUNK):
-                pubsub.subscribe(*[self.schema.job_channel(j) for j in ids[i:i + _SUBSCRIBE_CHUNK]])
-            yield from self._collect(sorted(pending), pending)
-            while pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise JobTimeout(next(iter(pending)), timeout or 0.0)
-                msg = pubsub.get_message(timeout=min(remaining, 5.0) if remaining is not None else 5.0)
-                woke: list[str] = []
-                while msg is not None:
-                    channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
-                    woke.append(channel[len(prefix):])
-                    msg = pubsub.get_message(timeout=0)
-                # every few seconds without news, re-check all (a record may have expired)
-                yield from self._collect(woke or sorted(pending), pending)
-        finally:
-            pubsub.close()
-
-    def _collect(self, ids: list[str], pending: set[str]) -> Iterator[JobResult]:
-        ids = [j for j in ids if j in pending]
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            pipe = self.client.pipeline(transaction=False)
-            for j in chunk:
-                pipe.hgetall(self.schema.job(j))
-            for j, fields in zip(chunk, pipe.execute(), strict=True):
-                result = parse_result(j, fields)
-                if result is None:
-                    result = JobResult(job_id=j, status=JobStatus.expired, error_type="expired",
-                                       error_message="job is unknown or its record expired")
-                if result.status.terminal:
-                    pending.discard(j)
-                    yield result
+        with JobWaiter(self.client, self.schema) as waiter:
+            yield from waiter.results([job_id_of(j) for j in jobs], timeout)

@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 
+from router_jobs.backend.ops import Op, Steps, drive, pipelined, run
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
 from router_jobs.errors import JobValidationError
@@ -68,12 +69,17 @@ def check_conv_id(conv_id: str) -> str:
 
 
 def _dump(message: ChatMessage) -> str:
-    return json.dumps({"role": message.role, "content": message.content}, ensure_ascii=False)
+    """A message as stored: ``role`` and ``content`` always, tool fields only when set."""
+    data = message.model_dump(mode="json", exclude_none=True)
+    if not data.get("tool_calls"):
+        data.pop("tool_calls", None)
+    if not data.get("is_error"):
+        data.pop("is_error", None)
+    return json.dumps(data, ensure_ascii=False)
 
 
 def _load(raw: bytes | str) -> ChatMessage:
-    data = json.loads(raw)
-    return ChatMessage(role=data["role"], content=data["content"])
+    return ChatMessage.model_validate_json(raw)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -117,26 +123,33 @@ class ConversationStore:
     ) -> bool:
         """Create the conversation (True), or update metadata/system prompt of an existing one
         (False; given values replace the stored ones, history is kept)."""
+        return drive(self.client, self.create_steps(conv_id, metadata, system_prompt))
+
+    def create_steps(self, conv_id: str, metadata: dict[str, Any] | None = None,
+                     system_prompt: str | None = None) -> Steps[bool]:
+        """:meth:`create` as a rule (for the asyncio client)."""
         check_conv_id(conv_id)
         meta_key = self.schema.conv_meta(conv_id)
-        sec, usec = self.client.time()
-        now = f"{sec}.{usec:06d}"
+        now = yield Op(lambda c: c.time(), lambda t: f"{t[0]}.{t[1]:06d}")
         fields: dict[str, str] = {"updated_at": now}
         if metadata is not None:
             fields["metadata"] = json.dumps(metadata, ensure_ascii=False, default=str)
         if system_prompt is not None:
             fields["system_prompt"] = system_prompt
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hsetnx(meta_key, "created_at", now)
-        pipe.hsetnx(meta_key, "message_count", 0)
-        pipe.hsetnx(meta_key, "total_tokens", 0)
-        pipe.hset(meta_key, mapping=fields)  # type: ignore[arg-type]
-        self._touch(pipe, conv_id)
-        return bool(pipe.execute()[0])
+        replies = yield Op(lambda c: pipelined(
+            c, lambda p: p.hsetnx(meta_key, "created_at", now), lambda p: p.hsetnx(meta_key, "message_count", 0),
+            lambda p: p.hsetnx(meta_key, "total_tokens", 0), lambda p: p.hset(meta_key, mapping=fields),
+            lambda p: self._touch(p, conv_id), transaction=True))
+        return bool(replies[0])
 
     def exists(self, conv_id: str) -> bool:
         """Whether the conversation exists (created or appended to, and not expired)."""
-        return bool(self.client.exists(self.schema.conv_meta(check_conv_id(conv_id))))
+        return run(self.client, self.exists_op(conv_id))
+
+    def exists_op(self, conv_id: str) -> Op[bool]:
+        """:meth:`exists` as an op (for the asyncio client)."""
+        key = self.schema.conv_meta(check_conv_id(conv_id))
+        return Op(lambda c: c.exists(key), bool)
 
     def delete(self, conv_id: str) -> bool:
         """Delete history and metadata. The turn-ordering keys are left to expire so that
@@ -250,8 +263,12 @@ class ConversationStore:
     # -- turn ordering
     def next_turn_seq(self, conv_id: str) -> int:
         """The next turn number of the conversation (1, 2, ...); call at submit time."""
+        return run(self.client, self.next_turn_seq_op(conv_id))
+
+    def next_turn_seq_op(self, conv_id: str) -> Op[int]:
+        """:meth:`next_turn_seq` as an op (for the asyncio client)."""
         keys = self._turn_keys(check_conv_id(conv_id))
-        return int(self._scripts.turn_next(keys=keys, args=[self.ttl_seconds]))
+        return Op(lambda c: ConversationScripts.on(c).turn_next(keys=keys, args=[self.ttl_seconds]), int)
 
     def turn_state(self, conv_id: str, seq: int, *, stall_seconds: float | None = None) -> int:
         """0: turn ``seq`` may run now; n > 0: n earlier turns have not finished yet;
@@ -267,8 +284,13 @@ class ConversationStore:
     def finish_turn(self, conv_id: str, seq: int) -> int:
         """Mark turn ``seq`` finished, whatever its outcome (also cancelled/expired/skipped);
         returns the gate position (every turn up to it has finished)."""
+        return run(self.client, self.finish_turn_op(conv_id, seq))
+
+    def finish_turn_op(self, conv_id: str, seq: int) -> Op[int]:
+        """:meth:`finish_turn` as an op (for the asyncio client)."""
         keys = self._turn_keys(check_conv_id(conv_id))
-        return int(self._scripts.turn_finish(keys=keys, args=[int(seq), self.ttl_seconds]))
+        args = [int(seq), self.ttl_seconds]
+        return Op(lambda c: ConversationScripts.on(c).turn_finish(keys=keys, args=args), int)
 
     def turn_info(self, conv_id: str) -> dict[str, int]:
         """For operators: ``issued`` (last seq handed out), ``done``, ``running``, ``skipped``."""
@@ -289,9 +311,10 @@ class ConversationStore:
         """Seed name of :meth:`create`."""
         return self.create(conv_id, metadata=metadata)
 
-    def get_history(self, conv_id: str, limit: int | None = None) -> builtins.list[dict[str, str]]:
-        """Seed name of :meth:`history`, returning ``{"role", "content"}`` dicts."""
-        return [{"role": m.role, "content": m.content} for m in self.history(conv_id, limit)]
+    def get_history(self, conv_id: str, limit: int | None = None) -> builtins.list[dict[str, Any]]:
+        """Seed name of :meth:`history`, returning ``{"role", "content"}`` dicts (and the tool
+        fields of tool turns, as :meth:`history` holds them)."""
+        return [json.loads(_dump(m)) for m in self.history(conv_id, limit)]
 
     def truncate_history(self, conv_id: str, keep_last_n: int = 20) -> int:
         """Seed name of :meth:`truncate`."""

@@ -51,12 +51,13 @@ class ChatTurns:
                                   lambda msgs: self.estimate_tokens(msgs, spec.model))
         return ([system] if system else []) + history + new
 
-    def record(self, job_id: str, spec: JobSpec, reply: str, usage: Usage, grant: Grant) -> None:
-        """Append the turn (idempotent per job id)."""
+    def record(self, job_id: str, spec: JobSpec, reply: ChatMessage, usage: Usage, grant: Grant) -> None:
+        """Append the turn (idempotent per job id): the job's messages, then the reply (with
+        its tool calls and any provider state to keep, see ``ChatResponse.message``)."""
         if spec.conversation_id is None:
             return
         self.store.append_turn(
-            spec.conversation_id, spec.turn_messages(), ChatMessage(role="assistant", content=reply),
+            spec.conversation_id, spec.turn_messages(), reply,
             tokens=usage.total_tokens, model=grant.model, key_id=grant.key_id, provider=grant.provider,
             job_id=job_id,
         )

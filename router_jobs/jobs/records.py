@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from dramatiq.message import Message
 
+from router_jobs.backend.ops import Op, run
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
+from router_jobs.broker.wire import job_message
 from router_jobs.errors import BrokerError, JobCancelled, JobExpired, JobFailed
-from router_jobs.models import JobResult, JobSpec, JobStatus, Priority
+from router_jobs.models import JobResult, JobSpec, JobStatus
 
-#: Actor that runs jobs of each queue (one actor per queue so each gets its priority).
-ACTOR_FOR_QUEUE = {Priority.interactive.value: "run_interactive_job", Priority.batch.value: "run_batch_job"}
 
 class JobScripts(ScriptSet):
     """The Lua scripts in ``jobs/lua/``."""
@@ -38,18 +37,6 @@ class JobScripts(ScriptSet):
 def new_job_id() -> str:
     """A fresh job id (32 hex chars)."""
     return uuid.uuid4().hex
-
-
-def job_message(job_id: str, queue: str) -> bytes:
-    """The encoded Dramatiq message that makes a worker run ``job_id``."""
-    msg: Message[Any] = Message(
-        queue_name=queue,
-        actor_name=ACTOR_FOR_QUEUE[queue],
-        args=(job_id,),
-        kwargs={},
-        options={"redis_message_id": uuid.uuid4().hex},
-    )
-    return msg.encode()
 
 
 def _s(v: Any) -> str:
@@ -109,24 +96,31 @@ class JobStore:
         self.ttl = ttl_seconds
         self.scripts = JobScripts(client)
 
-    def submit(
-        self, spec: JobSpec, *, job_id: str, delay_ms: int = 0, hold: bool = False
-    ) -> tuple[str, bool]:
-        """Write the record and enqueue the job atomically; returns (job id, deduplicated).
+    def submit_op(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0,
+                  hold: bool = False) -> Op[tuple[str, bool]]:
+        """Write the record and enqueue the job atomically; (job id, deduplicated).
 
         ``hold``: write the record only; the caller puts the job in the key pool's wait line."""
         ks = self.schema
         queue = spec.priority.value
         idem = spec.idempotency_key
+        keys = [ks.job(job_id), ks.stream(queue), ks.delayed(queue), ks.idempotency(idem or "-")]
+        args = [job_id, spec.model_dump_json(exclude_none=True), queue, job_message(job_id, queue),
+                self.ttl, -1 if hold else max(0, int(delay_ms)), "1" if idem else "0"]
+
+        def parse(reply: Any) -> tuple[str, bool]:
+            got_id, existed = reply
+            return _s(got_id), bool(int(existed))
+
+        return Op(lambda c: JobScripts.on(c).submit(keys=keys, args=args), parse)
+
+    def submit(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0, hold: bool = False) -> tuple[str, bool]:
+        """Write the record and enqueue the job atomically; returns (job id, deduplicated).
+        ``hold``: the record only (the key pool's wait line admits the job)."""
         try:
-            got_id, existed = self.scripts.submit(
-                keys=[ks.job(job_id), ks.stream(queue), ks.delayed(queue), ks.idempotency(idem or "-")],
-                args=[job_id, spec.model_dump_json(exclude_none=True), queue, job_message(job_id, queue),
-                      self.ttl, -1 if hold else max(0, int(delay_ms)), "1" if idem else "0"],
-            )
+            return run(self.client, self.submit_op(spec, job_id=job_id, delay_ms=delay_ms, hold=hold))
         except redis.RedisError as exc:
             raise BrokerError(f"cannot submit job: {exc}") from exc
-        return _s(got_id), bool(int(existed))
 
     def start(self, job_id: str) -> StartedJob | None:
         """Mark the job running (counting the delivery). None if the record is gone."""
@@ -159,20 +153,32 @@ class JobStore:
         """
         self.client.hset(self.schema.job(job_id), "attempts", attempts)
 
-    def finish(self, result: JobResult, *, queue: str, only_if_queued: bool = False) -> int:
+    def finish_op(self, result: JobResult, *, queue: str, only_if_queued: bool = False) -> Op[int]:
         """End the job with ``result`` exactly once (1), or not (0 ended already, -1 gone)."""
         ks = self.schema
         minute = int(time.time() // 60)
-        return int(self.scripts.finish_job(
-            keys=[ks.job(result.job_id), f"{ks.completions(queue)}:{minute}"],
-            args=[result.status.value, result.model_dump_json(), self.ttl, ks.job_channel(result.job_id),
-                  "1" if only_if_queued else "0"],
-        ))
+        keys = [ks.job(result.job_id), f"{ks.completions(queue)}:{minute}"]
+        args = [result.status.value, result.model_dump_json(), self.ttl, ks.job_channel(result.job_id),
+                "1" if only_if_queued else "0"]
+        return Op(lambda c: JobScripts.on(c).finish_job(keys=keys, args=args), int)
+
+    def finish(self, result: JobResult, *, queue: str, only_if_queued: bool = False) -> int:
+        """End the job with ``result`` exactly once (1), or not (0 ended already, -1 gone)."""
+        return run(self.client, self.finish_op(result, queue=queue, only_if_queued=only_if_queued))
+
+    def get_op(self, job_id: str) -> Op[JobResult | None]:
+        """The job's result if it ended, its progress if not, None if unknown or expired."""
+        return Op(lambda c: c.hgetall(self.schema.job(job_id)), lambda fields: parse_result(job_id, fields))
 
     def get(self, job_id: str) -> JobResult | None:
         """The job's result if it ended, its progress if not, None if unknown or expired."""
-        return parse_result(job_id, self.client.hgetall(self.schema.job(job_id)))
+        return run(self.client, self.get_op(job_id))
+
+    def spec_op(self, job_id: str) -> Op[JobSpec | None]:
+        """The job's spec, None if unknown or expired."""
+        return Op(lambda c: c.hget(self.schema.job(job_id), "spec"),
+                  lambda raw: JobSpec.model_validate_json(raw) if raw else None)
 
     def spec(self, job_id: str) -> JobSpec | None:
-        raw = self.client.hget(self.schema.job(job_id), "spec")
-        return JobSpec.model_validate_json(raw) if raw else None
+        """The job's spec, None if unknown or expired."""
+        return run(self.client, self.spec_op(job_id))

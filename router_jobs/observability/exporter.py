@@ -42,8 +42,10 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from router_jobs.backend.connection import connect, resolve_redis_url
 from router_jobs.backend.schema import RedisSchema
-from router_jobs.observability.gauges import GAUGES, KeyStatuses, RedisCollector, readiness
+from router_jobs.observability.gauges import GAUGES, KeyStatuses, RedisCollector
 from router_jobs.observability.metrics import WorkerMetrics
+from router_jobs.ops.health import readiness
+from router_jobs.ops.workers import stale_after
 from router_jobs.settings import Settings
 
 log = logging.getLogger("router_jobs.observability.exporter")
@@ -127,7 +129,7 @@ class MetricsServer:
         self.port = settings.metrics_port if port is None else port
         self.multiproc_dir = Path(multiproc_dir) if multiproc_dir else settings.prometheus_multiproc_dir
         self.reap = reap
-        self.stale_after = max(5.0, settings.visibility_timeout_ms / 1000)
+        self.stale_after = stale_after(settings)
         self.client = client
         if redis_gauges and client is None:
             self.client = connect(resolve_redis_url(settings))

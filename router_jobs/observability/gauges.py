@@ -14,7 +14,6 @@ A status is a dict with at least ``key_id`` and ``state``; when present, ``provi
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +23,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.broker.streams import GROUP
 from router_jobs.errors import RouterJobsError
+from router_jobs.models import Priority
+from router_jobs.ops.workers import live_workers
 
 log = logging.getLogger("router_jobs.observability.exporter")
 
@@ -62,23 +63,14 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def live_consumers(client: redis.Redis, schema: RedisSchema, stale_after: float) -> int:
-    """Consumers whose heartbeat (``rj:consumers``) is younger than ``stale_after`` seconds."""
-    now = time.time()
-    beats = client.hgetall(schema.consumers())
-    alive = 0
-    for raw in beats.values():
-        try:
-            if now - float(_text(raw)) <= stale_after:
-                alive += 1
-        except ValueError:
-            continue
-    return alive
-
-
 def queue_names(client: redis.Redis, schema: RedisSchema) -> list[str]:
     """Every queue some producer or worker declared, sorted."""
     return sorted(_text(q) for q in client.smembers(schema.queues()))
+
+
+def all_queues(client: redis.Redis, schema: RedisSchema) -> list[str]:
+    """The job queues (interactive, batch) plus any other declared queue, sorted."""
+    return sorted({p.value for p in Priority} | set(queue_names(client, schema)))
 
 
 def queue_depths(client: redis.Redis, schema: RedisSchema,
@@ -117,24 +109,6 @@ def queue_depths(client: redis.Redis, schema: RedisSchema,
     return out
 
 
-def readiness(client: redis.Redis, schema: RedisSchema | None, stale_after: float) -> tuple[bool, dict[str, Any]]:
-    """Whether Redis answers PING and at least one worker heartbeat is recent, with a reason."""
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        return False, {"ready": False, "redis": "down", "reason": f"redis did not answer PING: {type(exc).__name__}"}
-    if schema is None:
-        return True, {"ready": True, "redis": "ok"}
-    try:
-        workers = live_consumers(client, schema, stale_after)
-    except redis.RedisError as exc:
-        return False, {"ready": False, "redis": "error", "reason": f"cannot read heartbeats: {type(exc).__name__}"}
-    if workers == 0:
-        return False, {"ready": False, "redis": "ok", "workers": 0,
-                       "reason": f"no worker heartbeat in the last {stale_after:g}s"}
-    return True, {"ready": True, "redis": "ok", "workers": workers}
-
-
 class RedisCollector:
     """A prometheus-client collector computing :data:`GAUGES` from Redis at each scrape."""
 
@@ -155,7 +129,7 @@ class RedisCollector:
         fam = {name: GaugeMetricFamily(name, doc, labels=labels) for name, (doc, labels) in GAUGES.items()}
         try:
             self._queues(fam)
-            fam["router_workers_alive"].add_metric([], live_consumers(self.client, self.schema, self.stale_after))
+            fam["router_workers_alive"].add_metric([], live_workers(self.client, self.schema, self.stale_after))
         except redis.RedisError as exc:
             log.warning("metrics: redis read failed: %s", type(exc).__name__)
             fam["router_redis_up"].add_metric([], 0)

@@ -1,4 +1,4 @@
-"""Operator reads and actions behind ``routerctl``: queues, keys, jobs, dead letters, health.
+"""Operator reads and actions behind ``routerctl``: queues, keys, jobs, batches.
 
 Every function takes a redis-py client and a :class:`~router_jobs.backend.schema.RedisSchema` (or a
 :class:`~router_jobs.client.router.Router` / key pool) and returns plain dicts and lists that
@@ -18,17 +18,14 @@ import redis
 
 from router_jobs.admission.budgets import Budgets
 from router_jobs.backend.schema import RedisSchema
-from router_jobs.broker.streams import GROUP, BrokerScripts
+from router_jobs.broker.streams import GROUP
 from router_jobs.capacity.config import KeyConfig
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.errors import ConfigError
 from router_jobs.jobs.records import parse_result
-from router_jobs.models import Priority
-from router_jobs.observability.gauges import live_consumers, queue_depths, queue_names
+from router_jobs.observability.gauges import all_queues, queue_depths
+from router_jobs.ops.workers import heartbeats
 from router_jobs.settings import Settings
-
-#: Key states in which a key is still (or soon again) usable.
-USABLE_STATES = frozenset({"active", "cooldown", "full"})
 
 
 def _text(v: Any) -> str:
@@ -41,29 +38,7 @@ def server_time(client: redis.Redis) -> float:
     return int(sec) + int(usec) / 1e6
 
 
-def stale_after(settings: Settings) -> float:
-    """Seconds without a heartbeat after which a worker counts as gone."""
-    return max(5.0, settings.visibility_timeout_ms / 1000)
-
-
 # ---------------------------------------------------------------------------------- queues
-def all_queues(client: redis.Redis, schema: RedisSchema) -> list[str]:
-    """The job queues (interactive, batch) plus any other declared queue, sorted."""
-    return sorted({p.value for p in Priority} | set(queue_names(client, schema)))
-
-
-def consumer_heartbeats(client: redis.Redis, schema: RedisSchema) -> dict[str, float]:
-    """Consumer name -> seconds since its last heartbeat (server clock vs worker clock)."""
-    now = time.time()
-    out: dict[str, float] = {}
-    for name, raw in client.hgetall(schema.consumers()).items():
-        try:
-            out[_text(name)] = max(0.0, now - float(_text(raw)))
-        except ValueError:
-            continue
-    return out
-
-
 def queue_stats(client: redis.Redis, schema: RedisSchema, *, stale: float = 30.0) -> list[dict[str, Any]]:
     """One row per queue: ready, delayed, in_flight, dead, consumers_alive, consumers_gone,
     oldest_ready_age (seconds, None when nothing is ready), completed_last_minute.
@@ -77,7 +52,7 @@ def queue_stats(client: redis.Redis, schema: RedisSchema, *, stale: float = 30.0
     """
     names = all_queues(client, schema)
     depths = queue_depths(client, schema, names)
-    beats = consumer_heartbeats(client, schema)
+    beats = heartbeats(client, schema)
     now = server_time(client)
     minute = int(time.time() // 60)
     frac = (time.time() % 60) / 60
@@ -213,89 +188,6 @@ def job_detail(client: redis.Redis, schema: RedisSchema, job_id: str) -> dict[st
     out["deliveries"] = int(f.get("deliveries", 0) or 0)
     out["spec"] = json.loads(f["spec"]) if f.get("spec") else None
     return out
-
-
-# ---------------------------------------------------------------------------------- dead letters
-def dlq_list(client: redis.Redis, schema: RedisSchema, queue: str | None = None,
-             count: int = 100) -> list[dict[str, Any]]:
-    """Dead-lettered entries (oldest first) of one queue or of every queue, up to ``count``."""
-    from dramatiq.message import Message
-
-    out: list[dict[str, Any]] = []
-    for q in [queue] if queue else all_queues(client, schema):
-        rows: Any = client.xrange(schema.dead(q), count=max(0, count - len(out)))
-        for entry_id, fields in rows:
-            f: dict[str, Any] = {_text(k): v for k, v in fields.items()}
-            msg = Message.decode(f["m"]) if f.get("m") else None
-            out.append({
-                "queue": q, "id": _text(entry_id),
-                "job_id": str(msg.args[0]) if msg and msg.args else None,
-                "actor": msg.actor_name if msg else None,
-                "reason": _text(f.get("reason", b"")),
-                "deliveries": int(_text(f.get("deliveries", b"0")) or 0),
-                "at": int(_text(f.get("at", b"0")) or 0),
-            })
-            if len(out) >= count:
-                return out
-    return out
-
-
-def _dead_ids(client: redis.Redis, schema: RedisSchema, queue: str, ids: Iterable[str] | None,
-              limit: int | None) -> list[str]:
-    if ids:
-        return list(ids)
-    rows: Any = client.xrange(schema.dead(queue), count=limit) if limit else client.xrange(schema.dead(queue))
-    return [_text(entry_id) for entry_id, _ in rows]
-
-
-def dlq_replay(client: redis.Redis, schema: RedisSchema, queue: str, ids: Iterable[str] | None = None,
-               limit: int | None = None) -> int:
-    """Put dead-lettered entries back on ``queue`` (all, ``limit`` oldest, or ``ids``) and take
-    them out of the dead-letter stream, atomically per batch; returns how many moved."""
-    todo = _dead_ids(client, schema, queue, ids, limit)
-    moved = 0
-    scripts = BrokerScripts(client)
-    for i in range(0, len(todo), 200):
-        moved += int(scripts.dlq_replay(keys=[schema.dead(queue), schema.stream(queue)], args=todo[i:i + 200]))
-    return moved
-
-
-def dlq_purge(client: redis.Redis, schema: RedisSchema, queue: str, ids: Iterable[str] | None = None) -> int:
-    """Delete dead-lettered entries of ``queue`` (all, or ``ids``); returns how many."""
-    if ids:
-        return int(client.xdel(schema.dead(queue), *list(ids)))
-    n = int(client.xlen(schema.dead(queue)))
-    client.delete(schema.dead(queue))
-    return n
-
-
-# ---------------------------------------------------------------------------------- health
-def health(client: redis.Redis, schema: RedisSchema, pool: RedisKeyPool | None, *,
-           stale: float = 30.0) -> dict[str, Any]:
-    """Checks an operator (or a probe) wants: Redis answers, some worker has a recent
-    heartbeat, some key is usable. ``healthy`` is False with ``reasons`` when one fails."""
-    checks: list[dict[str, Any]] = []
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        reason = f"redis did not answer PING ({type(exc).__name__})"
-        return {"healthy": False, "reasons": [reason], "checks": [{"name": "redis", "ok": False, "detail": reason}]}
-    checks.append({"name": "redis", "ok": True, "detail": "PING answered"})
-    workers = live_consumers(client, schema, stale)
-    checks.append({"name": "workers", "ok": workers > 0,
-                   "detail": f"{workers} worker(s) alive" if workers else f"no worker heartbeat in the last {stale:g}s"})
-    if pool is not None:
-        states: dict[str, int] = {}
-        for st in pool.key_statuses():
-            states[st["state"]] = states.get(st["state"], 0) + 1
-        usable = sum(n for s, n in states.items() if s in USABLE_STATES)
-        detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no keys configured"
-        checks.append({"name": "keys", "ok": usable > 0,
-                       "detail": detail if usable else f"no usable key ({detail})"})
-    dead = sum(d["dead"] for d in queue_depths(client, schema).values())
-    checks.append({"name": "dead_letters", "ok": True, "detail": f"{dead} dead-lettered"})
-    reasons = [c["detail"] for c in checks if not c["ok"]]
-    return {"healthy": not reasons, "reasons": reasons, "checks": checks}
 
 
 # ---------------------------------------------------------------------------------- scan

@@ -6,20 +6,43 @@ asks for structured output with the schema ``{"type": "object"}``. The SDK no lo
 ``temperature``/``top_p``; they are sent as extra body fields when given.
 
 ``input_tokens`` in Anthropic's usage excludes cache reads and writes; the neutral
-:class:`~router_jobs.models.Usage` counts every input token, with cache reads as ``cached``.
+:class:`~router_jobs.models.Usage` counts every input token, with cache reads as ``cached``
+and cache writes as ``cache_write_tokens``.
+
+Tool calls are ``tool_use`` blocks of the assistant and ``tool_result`` blocks of the next
+user message (consecutive neutral ``tool`` messages share one user message). A response's
+``thinking`` blocks are kept as Anthropic :class:`~router_jobs.request.ProviderPart` s of the
+assistant message, so a tool loop that thinks can send them back as the API requires; other
+providers leave them out. Reasoning ``budget_tokens`` turns on extended thinking, ``effort``
+goes to ``output_config.effort``; ``cache_control`` hints go on the blocks they mark.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anthropic
 
-from router_jobs.errors import ContentBlocked, ProviderError
-from router_jobs.models import Usage
+from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
+from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
 from router_jobs.providers._clients import ClientCache
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs.request import (
+    CacheControl,
+    FinishReason,
+    ImagePart,
+    NamedToolChoice,
+    ProviderPart,
+    TextPart,
+    ToolCall,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+    "refusal": "refusal", "model_context_window_exceeded": "length",
+}
 
 
 def _build_client(creds: KeyCredentials) -> anthropic.Anthropic:
@@ -37,19 +60,126 @@ def _usage(raw: Any) -> Usage:
         input_tokens=int(getattr(raw, "input_tokens", 0) or 0) + cache_read + cache_write,
         output_tokens=int(getattr(raw, "output_tokens", 0) or 0),
         cached_tokens=cache_read,
+        cache_write_tokens=cache_write,
     )
+
+
+def _cache(block: dict[str, Any], cc: CacheControl | None) -> dict[str, Any]:
+    if cc is not None:
+        block["cache_control"] = cc.model_dump(exclude_none=True)
+    return block
+
+
+def _block(part: TextPart | ImagePart | ProviderPart, where: str) -> dict[str, Any] | None:
+    if isinstance(part, TextPart):
+        return _cache({"type": "text", "text": part.text}, part.cache_control)
+    if isinstance(part, ProviderPart):
+        return dict(part.data) if part.provider == "anthropic" else None
+    if part.detail not in (None, "auto"):
+        raise BadRequest(f"{where}.detail: anthropic has no image detail setting", provider="anthropic")
+    if part.url is not None:
+        if part.url.startswith("gs://"):
+            raise BadRequest(f"{where}.url: anthropic cannot read gs:// URLs", provider="anthropic")
+        source: dict[str, Any] = {"type": "url", "url": part.url}
+    else:
+        source = {"type": "base64", "media_type": part.media_type, "data": part.data}
+    return _cache({"type": "image", "source": source}, part.cache_control)
+
+
+def _blocks(msg: ChatMessage, where: str) -> list[dict[str, Any]]:
+    if isinstance(msg.content, str):
+        return [{"type": "text", "text": msg.content}] if msg.content else []
+    return [b for i, p in enumerate(msg.content) if (b := _block(p, f"{where}.content[{i}]")) is not None]
+
+
+def _assistant_blocks(msg: ChatMessage, where: str) -> list[dict[str, Any]]:
+    # thinking blocks (provider parts) first, as the API returned them; then text, then calls
+    parts = [] if isinstance(msg.content, str) else msg.content
+    blocks = [dict(p.data) for p in parts if isinstance(p, ProviderPart) and p.provider == "anthropic"]
+    if msg.text:
+        blocks.append({"type": "text", "text": msg.text})
+    for j, call in enumerate(msg.tool_calls):
+        try:
+            args = call.args()
+        except ValueError:
+            raise BadRequest(f"{where}.tool_calls[{j}].arguments: not a JSON object, anthropic needs one",
+                             provider="anthropic") from None
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": args})
+    return blocks
+
+
+def anthropic_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages API turns for neutral non-system messages; same-role neighbours are merged."""
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if m.role == "system":
+            continue
+        if m.role == "tool":
+            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": m.tool_call_id,
+                                      "content": _blocks(m, where)}
+            if m.is_error:
+                result["is_error"] = True
+            role, content = "user", [result]
+        elif m.role == "assistant":
+            role, content = "assistant", _assistant_blocks(m, where)
+        elif isinstance(m.content, str):
+            role, content = "user", m.content  # type: ignore[assignment]
+        else:
+            role, content = "user", _blocks(m, where)
+        if out and out[-1]["role"] == role:
+            prev = out[-1]["content"]
+            as_list = (lambda c: [{"type": "text", "text": c}] if isinstance(c, str) else c)  # noqa: E731
+            # tool results must come first in a user turn
+            merged = as_list(prev) + as_list(content)
+            merged.sort(key=lambda b: 0 if b.get("type") == "tool_result" else 1)
+            out[-1]["content"] = merged
+        else:
+            out.append({"role": role, "content": content})
+    return out
+
+
+def _system(request: ChatRequest) -> str | list[dict[str, Any]] | None:
+    systems = [m for m in request.messages if m.role == "system"]
+    if not systems:
+        return None
+    if not any(m.has_parts for m in systems):
+        return "\n\n".join(m.text for m in systems) or None
+    return [b for i, m in enumerate(request.messages) if m.role == "system" for b in _blocks(m, f"messages[{i}]")]
+
+
+def _tools(request: ChatRequest, params: dict[str, Any]) -> None:
+    if request.tools:
+        params["tools"] = [
+            _cache({"name": t.name, "input_schema": t.parameters,
+                    **({"description": t.description} if t.description else {}),
+                    **({"strict": True} if t.strict else {})}, t.cache_control)
+            for t in request.tools
+        ]
+    choice: dict[str, Any] | None = None
+    if isinstance(request.tool_choice, NamedToolChoice):
+        choice = {"type": "tool", "name": request.tool_choice.name}
+    elif request.tool_choice is not None:
+        choice = {"type": {"auto": "auto", "none": "none", "required": "any"}[request.tool_choice]}
+    if request.parallel_tool_calls is False:
+        choice = choice or {"type": "auto"}
+        choice["disable_parallel_tool_use"] = True
+    if choice is not None:
+        params["tool_choice"] = choice
 
 
 def anthropic_params(request: ChatRequest) -> dict[str, Any]:
     """The Messages API arguments for a neutral request (system split out)."""
-    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+    system = _system(request)
     params: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_output_tokens,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+        "messages": anthropic_messages(request.messages),
     }
     if system:
         params["system"] = system
+    if request.seed is not None:
+        raise BadRequest("seed: anthropic does not take a seed", provider="anthropic")
     sampling: dict[str, float] = {}
     if request.temperature is not None:
         sampling["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
@@ -59,9 +189,34 @@ def anthropic_params(request: ChatRequest) -> dict[str, Any]:
         params["extra_body"] = sampling
     if request.stop:
         params["stop_sequences"] = list(request.stop)
-    if request.json_output:
-        params["output_config"] = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+    output: dict[str, Any] = {}
+    fmt = request.output_format()
+    if fmt is not None and fmt.type != "text":
+        output["format"] = {"type": "json_schema", "schema": fmt.json_schema or {"type": "object"}}
+    reasoning = request.reasoning
+    if reasoning is not None and reasoning.effort is not None:
+        if reasoning.effort == "minimal":
+            raise BadRequest("reasoning.effort: anthropic has no 'minimal' effort", provider="anthropic")
+        output["effort"] = reasoning.effort
+    if reasoning is not None and reasoning.budget_tokens is not None:
+        params["thinking"] = {"type": "enabled", "budget_tokens": reasoning.budget_tokens}
+    if output:
+        params["output_config"] = output
+    _tools(request, params)
     return params
+
+
+def _response_parts(message: Any) -> tuple[str, list[ToolCall], list[ProviderPart]]:
+    text, calls, kept = [], [], []
+    for b in message.content:
+        kind = getattr(b, "type", "")
+        if kind == "text":
+            text.append(b.text)
+        elif kind == "tool_use":
+            calls.append(ToolCall(id=str(b.id), name=str(b.name), arguments=json.dumps(b.input or {})))
+        elif kind in ("thinking", "redacted_thinking"):
+            kept.append(ProviderPart(provider="anthropic", data=b.model_dump(mode="json", exclude_none=True)))
+    return "".join(text), calls, kept
 
 
 class AnthropicAdapter:
@@ -82,9 +237,10 @@ class AnthropicAdapter:
         """One message; raises a classified, redacted ProviderError on failure."""
         client = self._clients.get(creds)
         secrets = (creds.api_key,)
+        params = anthropic_params(request)
         failure: ProviderError | None = None
         try:
-            raw = client.messages.with_raw_response.create(**anthropic_params(request))
+            raw = client.messages.with_raw_response.create(**params)
             headers = em.lower_headers(raw.headers)
             message = raw.parse()
         except anthropic.APIStatusError as exc:
@@ -100,17 +256,21 @@ class AnthropicAdapter:
             failure = em.transient(f"unexpected response: {type(exc).__name__}", provider=self.name)
         if failure is not None:
             raise failure  # raised outside the except block: no SDK exception in its context
-        if message.stop_reason == "refusal":
+        text, calls, kept = _response_parts(message)
+        if message.stop_reason == "refusal" and not text:
             raise ContentBlocked(f"{self.name}: the model refused to answer", provider=self.name, status=200)
-        text = "".join(getattr(b, "text", "") for b in message.content if getattr(b, "type", "") == "text")
-        details = {"id": str(message.id)}
+        refusal = text if message.stop_reason == "refusal" else None
+        details = {"id": str(message.id), "finish_reason": str(message.stop_reason)}
         if headers.get("request-id"):
             details["request_id"] = headers["request-id"]
         return ChatResponse(
-            content=text,
+            content="" if refusal else text,
             usage=_usage(message.usage),
             model=str(message.model or request.model),
-            finish_reason=message.stop_reason,
+            finish_reason=_FINISH.get(str(message.stop_reason), "other"),
             rate_limit=em.anthropic_rate_limit(headers),
             details=details,
+            tool_calls=calls,
+            refusal=refusal,
+            parts=kept,
         )

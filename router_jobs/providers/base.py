@@ -11,7 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from router_jobs.models import ChatMessage, Usage
+from router_jobs.models import ChatMessage, JobSpec, Usage
+from router_jobs.request import (
+    ContentPart,
+    FinishReason,
+    ProviderPart,
+    Reasoning,
+    ResponseFormat,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,28 @@ class ChatRequest:
     top_p: float | None = None
     stop: list[str] | None = None
     json_output: bool = False
+    seed: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning: Reasoning | None = None
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec, model: str, messages: list[ChatMessage]) -> ChatRequest:
+        """The call a job makes on ``model`` with ``messages`` (history included)."""
+        return cls(
+            model=model, messages=messages, max_output_tokens=spec.max_output_tokens,
+            temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
+            seed=spec.seed, response_format=spec.response_format, tools=spec.tools, tool_choice=spec.tool_choice,
+            parallel_tool_calls=spec.parallel_tool_calls, reasoning=spec.reasoning,
+        )
+
+    def output_format(self) -> ResponseFormat | None:
+        """The answer format asked for (``json_output`` as a JSON-object format), or None."""
+        if self.response_format is not None:
+            return self.response_format
+        return ResponseFormat(type="json_object") if self.json_output else None
 
 
 @dataclass(frozen=True)
@@ -42,14 +75,31 @@ class RateLimitInfo:
 
 @dataclass(frozen=True)
 class ChatResponse:
-    """A successful call's content and usage."""
+    """A successful call's content, tool calls and usage.
+
+    ``finish_reason`` is the neutral reason; the provider's own word for it is in
+    ``details["finish_reason"]``. ``refusal`` is the model's refusal message, when it
+    declined (OpenAI's ``message.refusal``, Anthropic's ``refusal`` stop with text).
+    """
 
     content: str
     usage: Usage
     model: str
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     rate_limit: RateLimitInfo | None = None
     details: dict[str, str] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    refusal: str | None = None
+    parts: list[ProviderPart] = field(default_factory=list)  # opaque state to keep in the conversation
+
+    def message(self) -> ChatMessage:
+        """The assistant message this reply adds to a conversation, provider-neutral: its text
+        (or refusal), its tool calls, and provider state to send back (``parts``)."""
+        text = self.refusal or self.content
+        content: str | list[ContentPart] = text
+        if self.parts:
+            content = [*self.parts, *([TextPart(text=text)] if text else [])]
+        return ChatMessage(role="assistant", content=content, tool_calls=list(self.tool_calls))
 
 
 @dataclass(frozen=True)

@@ -8,22 +8,42 @@ Gemini's ``model``. The SDK retries nothing unless ``HttpRetryOptions`` is given
 Gemini counts thinking tokens (``thoughtsTokenCount``) apart from the answer but bills them
 as output, so :class:`~router_jobs.models.Usage` adds them to ``output_tokens`` and reports
 them as ``reasoning_tokens`` too.
+
+Tools become function declarations (their JSON schema as ``parametersJsonSchema``), the
+assistant's tool calls ``functionCall`` parts of a ``model`` turn and tool results
+``functionResponse`` parts of a ``user`` turn, named after the call they answer (Gemini
+matches results to calls by name and order; call ids are kept on our side, and calls that
+come back without one get a fresh id). Images go as ``inlineData`` (base64) or ``fileData``
+(URL with its media type). JSON output uses ``responseMimeType`` and ``responseJsonSchema``;
+reasoning ``effort`` is the thinking level (Gemini 2.x models, which take only a budget, get
+the budget of :data:`EFFORT_BUDGETS`), ``budget_tokens`` the thinking budget. Gemini caches
+prompt prefixes implicitly, so ``cache_control`` hints need nothing.
+
+Gemini 3 signs its function calls (``thoughtSignature``) and refuses a tool loop whose history
+lost the signature; a signed call is kept whole as a Gemini
+:class:`~router_jobs.request.ProviderPart` of the assistant message and sent back in place of
+the neutral call (other providers leave it out).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import importlib
+import json
+import uuid
 from typing import Any
 
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from router_jobs.errors import ContentBlocked, ProviderError
-from router_jobs.models import Usage
+from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
+from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
 from router_jobs.providers._clients import ClientCache
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs.request import FinishReason, ImagePart, NamedToolChoice, ProviderPart, TextPart, ToolCall
 
 # The SDK runs on httpx or on httpx2, whichever the installation resolved: catch both.
 _TIMEOUTS: tuple[type[BaseException], ...] = ()
@@ -61,23 +81,163 @@ def _usage(raw: Any) -> Usage:
     )
 
 
+def _bad(message: str) -> BadRequest:
+    return BadRequest(message, provider="gemini")
+
+
+def _part(part: TextPart | ImagePart | ProviderPart, where: str) -> types.Part | None:
+    if isinstance(part, TextPart):
+        return types.Part(text=part.text)
+    if isinstance(part, ProviderPart):
+        return types.Part.model_validate(part.data) if part.provider == "gemini" else None
+    if part.detail not in (None, "auto"):
+        raise _bad(f"{where}.detail: gemini has no per-image detail setting")
+    if part.url is not None:
+        if part.media_type is None:
+            raise _bad(f"{where}.media_type: gemini needs the media type of an image given by URL")
+        return types.Part(file_data=types.FileData(file_uri=part.url, mime_type=part.media_type))
+    try:
+        raw = base64.b64decode(part.data or "", validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"{where}.data: not valid base64") from None
+    return types.Part(inline_data=types.Blob(data=raw, mime_type=part.media_type))
+
+
+def _parts(msg: ChatMessage, where: str) -> list[types.Part]:
+    if isinstance(msg.content, str):
+        return [types.Part(text=msg.content)] if msg.content else []
+    return [p for i, part in enumerate(msg.content) if (p := _part(part, f"{where}.content[{i}]")) is not None]
+
+
+def _signed_calls(msg: ChatMessage) -> list[types.Part]:
+    """The assistant's signed function-call parts, kept from Gemini's response."""
+    if isinstance(msg.content, str):
+        return []
+    kept = [types.Part.model_validate(p.data) for p in msg.content
+            if isinstance(p, ProviderPart) and p.provider == "gemini" and "function_call" in p.data]
+    return [p for p in kept if p.function_call is not None]
+
+
+def _call_part(call: ToolCall, where: str, signed: list[types.Part]) -> types.Part:
+    for i, part in enumerate(signed):
+        if part.function_call is not None and part.function_call.name == call.name:
+            return signed.pop(i)
+    try:
+        args = call.args()
+    except ValueError:
+        raise _bad(f"{where}.arguments: not a JSON object, gemini needs one") from None
+    return types.Part(function_call=types.FunctionCall(name=call.name, args=args))
+
+
+def _result_part(msg: ChatMessage, names: dict[str, str], where: str) -> types.Part:
+    name = msg.name or names.get(msg.tool_call_id or "")
+    if not name:
+        raise _bad(f"{where}.tool_call_id: answers no earlier tool call, and gemini needs the tool's name")
+    if any(isinstance(p, ImagePart) for p in ([] if isinstance(msg.content, str) else msg.content)):
+        raise _bad(f"{where}.content: gemini takes text only in tool results")
+    text = msg.text
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text
+    body = value if isinstance(value, dict) and not msg.is_error else {"error" if msg.is_error else "result": value}
+    return types.Part(function_response=types.FunctionResponse(name=name, response=body))
+
+
+def gemini_contents(messages: list[ChatMessage]) -> list[types.Content]:
+    """``contents`` for neutral non-system messages; same-role neighbours share one turn."""
+    names: dict[str, str] = {}
+    out: list[types.Content] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if m.role == "system":
+            continue
+        if m.role == "assistant":
+            role = "model"
+            signed = _signed_calls(m)
+            parts = [p for p in _parts(m, where) if p.function_call is None]
+            for j, call in enumerate(m.tool_calls):
+                names[call.id] = call.name
+                parts.append(_call_part(call, f"{where}.tool_calls[{j}]", signed))
+        elif m.role == "tool":
+            role, parts = "user", [_result_part(m, names, where)]
+        else:
+            role, parts = "user", _parts(m, where)
+        if not parts:
+            parts = [types.Part(text="")]
+        if out and out[-1].role == role:
+            out[-1].parts = [*(out[-1].parts or []), *parts]
+        else:
+            out.append(types.Content(role=role, parts=parts))
+    return out
+
+
+def _tool_config(request: ChatRequest) -> types.ToolConfig | None:
+    choice = request.tool_choice
+    if choice is None:
+        return None
+    mode = types.FunctionCallingConfigMode
+    if isinstance(choice, NamedToolChoice):
+        return types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
+            mode=mode.ANY, allowed_function_names=[choice.name]))
+    value = {"auto": mode.AUTO, "none": mode.NONE, "required": mode.ANY}[choice]
+    return types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode=value))
+
+
+#: Gemini 2.x models take a thinking budget, not a level: an effort maps to these budgets
+EFFORT_BUDGETS = {"minimal": 128, "low": 1024, "medium": 8192, "high": 24576}
+
+
+def _thinking(request: ChatRequest) -> types.ThinkingConfig | None:
+    r = request.reasoning
+    if r is None:
+        return None
+    if r.effort is not None and r.budget_tokens is not None:
+        raise _bad("reasoning: gemini takes an effort or a budget_tokens, not both")
+    if r.budget_tokens is not None:
+        return types.ThinkingConfig(thinking_budget=r.budget_tokens)
+    if request.model.removeprefix("models/").startswith("gemini-2"):
+        return types.ThinkingConfig(thinking_budget=EFFORT_BUDGETS[str(r.effort)])
+    return types.ThinkingConfig(thinking_level=types.ThinkingLevel(str(r.effort).upper()))
+
+
 def gemini_request(request: ChatRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
     """The ``contents`` and ``config`` for a neutral request."""
-    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-    contents = [
-        types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)])
-        for m in request.messages
-        if m.role != "system"
-    ]
+    system = "\n\n".join(m.text for m in request.messages if m.role == "system")
+    if request.parallel_tool_calls is False:
+        raise _bad("parallel_tool_calls: gemini cannot be kept from calling tools in parallel")
+    fmt = request.output_format()
+    tools = None
+    if request.tools:
+        tools = [types.Tool(function_declarations=[
+            types.FunctionDeclaration(name=t.name, description=t.description, parameters_json_schema=t.parameters)
+            for t in request.tools
+        ])]
     config = types.GenerateContentConfig(
         system_instruction=system or None,
         max_output_tokens=request.max_output_tokens,
         temperature=request.temperature,
         top_p=request.top_p,
         stop_sequences=list(request.stop) if request.stop else None,
-        response_mime_type="application/json" if request.json_output else None,
+        seed=request.seed,
+        response_mime_type="application/json" if fmt is not None and fmt.type != "text" else None,
+        response_json_schema=fmt.json_schema if fmt is not None else None,
+        tools=tools,  # type: ignore[arg-type]
+        tool_config=_tool_config(request),
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True) if tools else None,
+        thinking_config=_thinking(request),
     )
-    return contents, config
+    return gemini_contents(request.messages), config
+
+
+def _finish(finish: str | None) -> FinishReason:
+    if finish == "STOP":
+        return "stop"
+    if finish == "MAX_TOKENS":
+        return "length"
+    if finish in _BLOCKING_FINISH:
+        return "content_filter"
+    return "other"
 
 
 class GeminiAdapter:
@@ -127,16 +287,25 @@ class GeminiAdapter:
         finish = getattr(cand.finish_reason, "value", None) if cand.finish_reason is not None else None
         parts = (cand.content.parts if cand.content else None) or []
         text = "".join(p.text for p in parts if p.text and not p.thought)
-        if finish in _BLOCKING_FINISH and not text:
+        calls = [
+            ToolCall(id=p.function_call.id or f"call_{uuid.uuid4().hex[:24]}", name=str(p.function_call.name),
+                     arguments=json.dumps(p.function_call.args or {}))
+            for p in parts if p.function_call is not None
+        ]
+        signed = [ProviderPart(provider="gemini", data=p.model_dump(mode="json", exclude_none=True))
+                  for p in parts if p.function_call is not None and p.thought_signature]
+        if finish in _BLOCKING_FINISH and not text and not calls:
             raise ContentBlocked(f"{self.name}: answer blocked ({finish})", provider=self.name, status=200)
-        details: dict[str, str] = {}
+        details: dict[str, str] = {"finish_reason": str(finish)}
         if resp.response_id:
             details["id"] = resp.response_id
         return ChatResponse(
             content=text,
             usage=_usage(resp.usage_metadata),
             model=str(resp.model_version or request.model),
-            finish_reason=finish,
+            finish_reason="tool_calls" if calls else _finish(finish),
             rate_limit=None,  # the Gemini API sends no rate-limit headers
             details=details,
+            tool_calls=calls,
+            parts=signed,
         )

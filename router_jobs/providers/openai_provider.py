@@ -6,6 +6,11 @@ SDK's own retries are off (``max_retries=0``): the broker decides every retry.
 
 Newer OpenAI models take ``max_completion_tokens`` and refuse ``max_tokens``; many
 OpenAI-compatible servers only know ``max_tokens``, so the parameter name follows the provider.
+
+The neutral request maps almost one to one: image parts become ``image_url`` parts (base64
+as a ``data:`` URL), tool calls and ``tool`` messages keep their ids, a failed tool result
+(``is_error``) is sent with an ``[tool error]`` prefix (the API has no flag for it), and
+``cache_control`` hints need nothing: OpenAI caches long prompt prefixes by itself.
 """
 
 from __future__ import annotations
@@ -14,11 +19,20 @@ from typing import Any
 
 import openai
 
-from router_jobs.errors import ContentBlocked, ProviderError
-from router_jobs.models import Usage
+from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
+from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
 from router_jobs.providers._clients import ClientCache
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs.request import FinishReason, ImagePart, NamedToolChoice, ProviderPart, TextPart, ToolCall
+
+#: the tool-result prefix that stands in for Anthropic's ``is_error`` flag
+TOOL_ERROR_PREFIX = "[tool error] "
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
 
 
 def _build_client(creds: KeyCredentials) -> openai.OpenAI:
@@ -40,6 +54,60 @@ def _usage(raw: Any) -> Usage:
     )
 
 
+def _part(part: TextPart | ImagePart | ProviderPart, where: str) -> dict[str, Any] | None:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ProviderPart):
+        return dict(part.data) if part.provider == "openai" else None
+    if part.url is not None and part.url.startswith("gs://"):
+        raise BadRequest(f"{where}: openai cannot read gs:// URLs", provider="openai")
+    url = part.url if part.url is not None else f"data:{part.media_type};base64,{part.data}"
+    image: dict[str, Any] = {"url": url}
+    if part.detail is not None:
+        image["detail"] = part.detail
+    return {"type": "image_url", "image_url": image}
+
+
+def _content(msg: ChatMessage, where: str) -> str | list[dict[str, Any]]:
+    if isinstance(msg.content, str):
+        return msg.content
+    parts = [p for i, part in enumerate(msg.content) if (p := _part(part, f"{where}.content[{i}]")) is not None]
+    return parts
+
+
+def openai_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Chat-completions messages for neutral ones."""
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if m.role == "tool":
+            text = m.text
+            if any(isinstance(p, ImagePart) for p in (m.content if not isinstance(m.content, str) else [])):
+                raise BadRequest(f"{where}: openai takes text only in tool results", provider="openai")
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id,
+                        "content": (TOOL_ERROR_PREFIX + text) if m.is_error else text})
+        elif m.role == "assistant":
+            msg: dict[str, Any] = {"role": "assistant", "content": m.text or None}
+            if m.tool_calls:
+                msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
+            elif msg["content"] is None:
+                msg["content"] = ""
+            out.append(msg)
+        else:
+            out.append({"role": m.role, "content": _content(m, where)})
+    return out
+
+
+def _tool_calls(message: Any) -> list[ToolCall]:
+    calls = []
+    for c in getattr(message, "tool_calls", None) or []:
+        fn = getattr(c, "function", None)
+        if fn is not None:
+            calls.append(ToolCall(id=str(c.id), name=str(fn.name), arguments=str(fn.arguments or "{}")))
+    return calls
+
+
 class OpenAIAdapter:
     """Chat completions through the official ``openai`` SDK."""
 
@@ -56,7 +124,7 @@ class OpenAIAdapter:
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": openai_messages(request.messages),
         }
         if self.name == "openai":
             params["max_completion_tokens"] = request.max_output_tokens
@@ -68,17 +136,44 @@ class OpenAIAdapter:
             params["top_p"] = request.top_p
         if request.stop:
             params["stop"] = list(request.stop)
-        if request.json_output:
-            params["response_format"] = {"type": "json_object"}
+        if request.seed is not None:
+            params["seed"] = request.seed
+        fmt = request.output_format()
+        if fmt is not None and fmt.type == "json_schema":
+            schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.json_schema}
+            if fmt.strict:
+                schema["strict"] = True
+            params["response_format"] = {"type": "json_schema", "json_schema": schema}
+        elif fmt is not None:
+            params["response_format"] = {"type": fmt.type}
+        if request.tools:
+            params["tools"] = [
+                {"type": "function", "function": {
+                    "name": t.name, "parameters": t.parameters,
+                    **({"description": t.description} if t.description else {}),
+                    **({"strict": True} if t.strict else {}),
+                }} for t in request.tools
+            ]
+        if isinstance(request.tool_choice, NamedToolChoice):
+            params["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice.name}}
+        elif request.tool_choice is not None:
+            params["tool_choice"] = request.tool_choice
+        if request.parallel_tool_calls is not None:
+            params["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.reasoning is not None:
+            if request.reasoning.budget_tokens is not None:
+                raise BadRequest("reasoning.budget_tokens: openai takes an effort, not a budget", provider=self.name)
+            params["reasoning_effort"] = request.reasoning.effort
         return params
 
     def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
         """One chat completion; raises a classified, redacted ProviderError on failure."""
         client = self._clients.get(creds)
         secrets = (creds.api_key,)
+        params = self._params(request)
         failure: ProviderError | None = None
         try:
-            raw = client.chat.completions.with_raw_response.create(**self._params(request))
+            raw = client.chat.completions.with_raw_response.create(**params)
             headers = em.lower_headers(raw.headers)
             completion = raw.parse()
         except openai.APIStatusError as exc:
@@ -97,16 +192,21 @@ class OpenAIAdapter:
         if not completion.choices:
             raise ContentBlocked(f"{self.name}: response had no choices", provider=self.name, status=200)
         choice = completion.choices[0]
-        if choice.finish_reason == "content_filter" and not (choice.message.content or ""):
+        calls = _tool_calls(choice.message)
+        refusal = getattr(choice.message, "refusal", None) or None
+        if choice.finish_reason == "content_filter" and not (choice.message.content or "") and not calls:
             raise ContentBlocked(f"{self.name}: answer withheld by the content filter", provider=self.name, status=200)
-        details = {"id": str(completion.id)}
+        details = {"id": str(completion.id), "finish_reason": str(choice.finish_reason)}
         if headers.get("x-request-id"):
             details["request_id"] = headers["x-request-id"]
+        finish = "refusal" if refusal else _FINISH.get(str(choice.finish_reason), "other")
         return ChatResponse(
             content=choice.message.content or "",
             usage=_usage(completion.usage),
             model=str(completion.model or request.model),
-            finish_reason=choice.finish_reason,
+            finish_reason=finish,
             rate_limit=em.openai_rate_limit(headers),
             details=details,
+            tool_calls=calls,
+            refusal=refusal,
         )

@@ -7,12 +7,10 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
+from router_jobs.broker.wire import ACTOR_FOR_QUEUE, PRIORITY_FOR_QUEUE
 from router_jobs.worker.context import executor
 from router_jobs.worker.setup import broker
 
-#: Dramatiq runs lower numbers first when several messages wait for a free thread.
-INTERACTIVE_PRIORITY = 0
-BATCH_PRIORITY = 100
 #: A job's own retries are decided by the executor; Dramatiq only retries unexpected crashes.
 ACTOR_OPTIONS: dict[str, Any] = {"max_retries": 3, "time_limit": 15 * 60 * 1000}
 
@@ -27,14 +25,15 @@ def _run(job_id: str, queue: str) -> None:
     executor().run(job_id, queue, defer)
 
 
-@dramatiq.actor(actor_name="run_interactive_job", queue_name="interactive",
-                priority=INTERACTIVE_PRIORITY, **ACTOR_OPTIONS)
+@dramatiq.actor(actor_name=ACTOR_FOR_QUEUE["interactive"], queue_name="interactive",
+                priority=PRIORITY_FOR_QUEUE["interactive"], **ACTOR_OPTIONS)
 def run_interactive_job(job_id: str) -> None:
     """Run one delivery of an interactive job."""
     _run(job_id, "interactive")
 
 
-@dramatiq.actor(actor_name="run_batch_job", queue_name="batch", priority=BATCH_PRIORITY, **ACTOR_OPTIONS)
+@dramatiq.actor(actor_name=ACTOR_FOR_QUEUE["batch"], queue_name="batch",
+                priority=PRIORITY_FOR_QUEUE["batch"], **ACTOR_OPTIONS)
 def run_batch_job(job_id: str) -> None:
     """Run one delivery of a batch job."""
     _run(job_id, "batch")

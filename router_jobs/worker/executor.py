@@ -32,8 +32,9 @@ from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
 from router_jobs.conversations.turns import ChatTurns
 from router_jobs.jobs.records import JobStore, StartedJob, job_message
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
-from router_jobs.providers.base import ChatRequest, KeyCredentials, ProviderAdapter
+from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
+from router_jobs.tokens import estimate_extra_tokens
 
 log = logging.getLogger("router_jobs.worker")
 
@@ -146,7 +147,8 @@ class Executor:
             messages = self.chat.messages(spec)
         else:
             messages = spec.chat_messages()
-        input_tokens = self.estimate_tokens(messages, spec.model)
+        input_tokens = self.estimate_tokens(messages, spec.model) + estimate_extra_tokens(
+            spec.tools, spec.output_format(), spec.model)
         if self.scheduler is not None:
             claimed = self.scheduler.claim(job_id)
             if isinstance(claimed, Grant):
@@ -193,7 +195,8 @@ class Executor:
         if not self.jobs.park(job.job_id, attempts=attempts, excluded=excluded):
             return "skipped"  # ended meanwhile (cancelled)
         if input_tokens <= 0:
-            input_tokens = self.estimate_tokens(spec.chat_messages(), spec.model)
+            input_tokens = self.estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
+                spec.tools, spec.output_format(), spec.model)
         self.scheduler.enqueue([demand_of(job, queue, input_tokens, excluded)], head=head)
         self.observer.job_deferred(spec, 0, reason)
         return "deferred"
@@ -226,10 +229,7 @@ class Executor:
             return self._retry(job, queue, attempts, job.excluded | {grant.key_id}, 0, defer,
                                "secret_unavailable", str(exc))
         creds = KeyCredentials(key_id=grant.key_id, api_key=api_key, base_url=grant.base_url, timeout=grant.timeout)
-        call = ChatRequest(
-            model=grant.model, messages=messages, max_output_tokens=spec.max_output_tokens,
-            temperature=spec.temperature, top_p=spec.top_p, stop=spec.stop, json_output=spec.json_output,
-        )
+        call = ChatRequest.from_spec(spec, grant.model, messages)
         try:
             adapter = self.adapter_for(grant.provider)
         except errors.ConfigError as exc:  # e.g. the provider's SDK is not installed
@@ -250,7 +250,7 @@ class Executor:
                      attempts, exc)
             if self.scheduler is not None and isinstance(exc, errors.ProviderRateLimited):
                 # the key is cooled for its hint; not the request's fault: no attempt counted
-                return self._wait_in_line(job, queue, self.estimate_tokens(messages, spec.model), job.attempts,
+                return self._wait_in_line(job, queue, 0, job.attempts,
                                           job.excluded, head=True, reason=exc.error_type)
             if not exc.retryable:
                 return self._end(job, queue, JobStatus.failed, exc.error_type, str(exc), attempts=attempts,
@@ -265,7 +265,7 @@ class Executor:
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)
         self.observer.provider_call(grant, seconds, None, response.usage)
         if self.chat is not None:
-            self.chat.record(job.job_id, spec, response.content, response.usage, grant)
+            self.chat.record(job.job_id, spec, response.message(), response.usage, grant)
         if self.budgets is not None and self.key_cost is not None:
             cost = self.key_cost(grant.key_id)
             if cost is not None:
@@ -273,7 +273,7 @@ class Executor:
                                           user_id=spec.user_id)
         return self._end(
             job, queue, JobStatus.succeeded, None, None, attempts=attempts, grant=grant,
-            content=response.content, usage=response.usage, provider_time=seconds,
+            content=response.content, usage=response.usage, provider_time=seconds, response=response,
         )
 
     def _retry(self, job: StartedJob, queue: str, attempts: int, excluded: frozenset[str], delay: int,
@@ -291,13 +291,17 @@ class Executor:
 
     def _end(self, job: StartedJob, queue: str, status: JobStatus, error_type: str | None,
              error_message: str | None, *, attempts: int | None = None, grant: Grant | None = None,
-             content: str | None = None, usage: Usage | None = None, provider_time: float | None = None) -> str:
+             content: str | None = None, usage: Usage | None = None, provider_time: float | None = None,
+             response: ChatResponse | None = None) -> str:
         spec = job.spec
         finished = time.time()
         result = JobResult(
             job_id=job.job_id,
             status=status,
             content=content,
+            tool_calls=response.tool_calls if response else [],
+            finish_reason=response.finish_reason if response else None,
+            refusal=response.refusal if response else None,
             usage=usage or Usage(),
             key_id=grant.key_id if grant else None,
             provider=grant.provider if grant else None,

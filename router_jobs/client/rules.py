@@ -1,0 +1,102 @@
+"""The client's rules, written once for :class:`~router_jobs.client.router.Router` and
+:class:`~router_jobs.client.async_router.AsyncRouter`.
+
+Each rule is a generator of Redis round trips (:mod:`router_jobs.backend.ops`): the sync
+router drives it on its client, the async router on its asyncio client, so both refuse,
+limit, budget, number conversation turns and cancel exactly alike, and the async one never
+blocks its event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from router_jobs.backend.ops import Steps
+from router_jobs.capacity.scheduler import Demand
+from router_jobs.conversations.store import check_conv_id
+from router_jobs.errors import JobValidationError, SubmitRateLimited
+from router_jobs.jobs.records import job_message, new_job_id
+from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
+from router_jobs.observability.metrics import record_submitted
+from router_jobs.tokens import estimate_extra_tokens, estimate_tokens
+
+if TYPE_CHECKING:
+    from router_jobs.client.router import Router
+
+ON_RATE_LIMIT = ("raise", "delay")
+
+
+def submit_steps(router: Router, fields: dict[str, Any], *, delay: float, on_rate_limit: str) -> Steps[JobHandle]:
+    """Validate, apply the user's limits and budget, then enqueue (see ``Router.submit``)."""
+    from router_jobs.client.router import validate_spec
+
+    if on_rate_limit not in ON_RATE_LIMIT:
+        raise JobValidationError("on_rate_limit", "must be 'raise' or 'delay'")
+    served = yield from router.pool.providers_steps()  # model -> providers: capabilities checked too
+    try:
+        spec = validate_spec(fields, router.settings, served)
+    except JobValidationError:
+        record_submitted(str(fields.get("priority", "interactive")), "refused", "rejected")
+        raise
+    if spec.conversation_id is not None:
+        check_conv_id(spec.conversation_id)
+    if spec.user_id is not None:
+        yield from router.budgets.check_steps(spec.user_id)
+        decision = yield router.limiter.decide_op(spec.user_id)
+        wait = 0.0 if decision.admitted else decision.retry_after
+        if wait > 0:
+            if on_rate_limit == "raise" or wait == float("inf"):
+                record_submitted(spec.priority.value, spec.model, "rate_limited")
+                raise SubmitRateLimited(decision.scope or "user", wait)
+            delay = max(delay, wait)
+    handle = yield from submit_spec_steps(router, spec, delay=delay)
+    return handle
+
+
+def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
+                      job_id: str | None = None) -> Steps[JobHandle]:
+    """Enqueue an already valid spec; a conversation turn draws its turn number here."""
+    convs = router.conversations
+    if spec.conversation_id is not None and spec.turn_seq is None:
+        exists = yield convs.exists_op(spec.conversation_id)
+        if not exists:
+            yield from convs.create_steps(spec.conversation_id, system_prompt=spec.system_prompt)
+        seq = yield convs.next_turn_seq_op(spec.conversation_id)
+        spec = spec.model_copy(update={"turn_seq": seq})
+    # a job that needs nothing but room goes straight into the key pool's line (admitted at
+    # once when a key has room): it is delivered once, when it can run. Conversation turns
+    # and delayed jobs go through a worker first (turn order, history size, the delay).
+    in_line = spec.conversation_id is None and delay <= 0
+    got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000),
+                                                  hold=in_line)
+    if in_line and not existed:
+        queue = spec.priority.value
+        tokens = estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
+            spec.tools, spec.output_format(), spec.model)
+        demand = Demand.for_spec(got_id, queue, spec, tokens, job_message(got_id, queue))
+        yield from router.scheduler.enqueue_steps([demand])
+    record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
+    if existed and spec.conversation_id is not None and spec.turn_seq is not None:
+        yield convs.finish_turn_op(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
+    return JobHandle(job_id=got_id, queue=spec.priority, deduplicated=existed)
+
+
+def cancel_steps(router: Router, job_id: str) -> Steps[bool]:
+    """Cancel a job that has not started (or is waiting for room); True if cancelled."""
+    current = yield router.jobs.get_op(job_id)
+    if current is None or current.status != JobStatus.queued:
+        return False
+    spec = yield router.jobs.spec_op(job_id)
+    queue = spec.priority.value if spec else "interactive"
+    result = JobResult(job_id=job_id, status=JobStatus.cancelled, queued_at=current.queued_at,
+                       finished_at=time.time(), error_type="cancelled", error_message="cancelled by request",
+                       attempts=current.attempts, conversation_id=spec.conversation_id if spec else None)
+    ended = yield router.jobs.finish_op(result, queue=queue, only_if_queued=True)
+    if ended != 1:
+        return False
+    # out of the pool's line; an admission not yet claimed gives its room back
+    yield from router.scheduler.remove_steps([job_id])
+    if spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:
+        yield router.conversations.finish_turn_op(spec.conversation_id, spec.turn_seq)
+    return True
