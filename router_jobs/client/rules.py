@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from router_jobs.backend.ops import Steps
+from router_jobs.backend.ops import Op, Steps
 from router_jobs.capacity.scheduler import Demand
 from router_jobs.conversations.store import check_conv_id
 from router_jobs.errors import JobValidationError, SubmitRateLimited
@@ -70,7 +70,14 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
     in_line = spec.conversation_id is None and delay <= 0
     got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000),
                                                   hold=in_line)
-    if in_line and not existed:
+    to_line = in_line and not existed
+    if in_line and existed:
+        # submitted before (an idempotency key): if that submit never reached the line (its
+        # producer died between the two steps), the job is queued and was never delivered;
+        # putting it in line again is harmless otherwise (a waiting or admitted job is kept)
+        status, deliveries = yield Op(lambda c: c.hmget(router.schema.job(got_id), "status", "deliveries"))
+        to_line = (status.decode() if isinstance(status, bytes) else status) == "queued" and not int(deliveries or 0)
+    if to_line:
         queue = spec.priority.value
         tokens = estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
             spec.tools, spec.output_format(), spec.model)
