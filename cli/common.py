@@ -40,7 +40,7 @@ def router() -> Router:
         s = settings()
         client = connect(resolve_redis_url(s), socket_connect_timeout=3,
                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
-        r = Router(s, client=client)
+        r = Router(s, client=client, redis_budget=0)
         root.obj["router"] = r
         root.call_on_close(r.close)
     found: Router = root.obj["router"]

@@ -204,13 +204,23 @@ def list_dlq(queue: str | None, limit: int, as_json: bool) -> None:
 @click.argument("queue")
 @click.option("--id", "ids", multiple=True, help="an entry id (repeat; default: all)")
 @click.option("--limit", type=int, help="replay only the N oldest")
+@click.option("--max-replays", type=click.IntRange(min=0), default=deadletters.MAX_REPLAYS, show_default=True,
+              help="refuse messages replayed this many times already")
 @json_option
-def replay_dlq(queue: str, ids: tuple[str, ...], limit: int | None, as_json: bool) -> None:
-    """Re-enqueue dead-lettered messages onto QUEUE and remove them from its dead letters."""
+def replay_dlq(queue: str, ids: tuple[str, ...], limit: int | None, max_replays: int, as_json: bool) -> None:
+    """Re-enqueue dead-lettered messages onto QUEUE and remove them from its dead letters.
+
+    A job message's job is reopened. Exit code 1 when some message was refused (replayed too
+    often already, or unreadable) or a given --id was not found."""
     r = router()
-    n = deadletters.dlq_replay(r.client, r.schema, queue, ids or None, limit)
-    echo_json({"queue": queue, "replayed": n}) if as_json else click.echo(f"replayed {n} message(s) onto {queue}")
-    if ids and n < len(ids):
+    out = deadletters.dlq_replay(r.client, r.schema, queue, ids or None, limit, max_replays=max_replays)
+    if as_json:
+        echo_json({"queue": queue, "replayed": out.replayed, "refused": out.refused})
+    else:
+        click.echo(f"replayed {out.replayed} message(s) onto {queue}")
+        for entry_id, why in out.refused.items():
+            click.echo(f"refused {entry_id}: {why}", err=True)
+    if out.refused or (ids and out.replayed < len(ids)):
         raise click.exceptions.Exit(FAILED)
 
 

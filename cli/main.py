@@ -16,6 +16,8 @@ from cli.common import FAILED, USAGE
 from router_jobs.backend.connection import resolve_redis_url
 from router_jobs.errors import ConfigError, JobValidationError, RouterJobsError
 from router_jobs.settings import Settings
+from router_jobs.worker.lifeline import die_with_parent
+from router_jobs.worker.preflight import REFUSED, check_worker_config
 
 
 class RouterGroup(click.Group):
@@ -66,6 +68,7 @@ def worker(processes: int, threads: int, queues: tuple[str, ...], restart: bool)
     Each worker process warms up before it takes work: it loads the SDK of every configured
     provider and builds every key's client, so a first call costs what any call costs."""
     settings = Settings.from_env()
+    check_worker_config(settings)  # an invalid keys file: one line, exit 2, no pool started
     env = dict(os.environ)
     env["REDIS_URL"] = resolve_redis_url(settings)  # workers find the same (embedded) server
     argv = [sys.executable, "-m", "dramatiq", "workers", "--processes", str(processes),
@@ -83,7 +86,9 @@ def supervise(argv: list[str], env: dict[str, str], *, restart: bool = True) -> 
     hands prefetched messages back) into a kill, so the pool gets its own session. Dramatiq
     stops the whole pool when one worker process dies; we start it again (after a short
     pause) so that the work goes on and a job that keeps crashing workers reaches the
-    dead-letter stream by its delivery count.
+    dead-letter stream by its delivery count. A pool that exits 2 refused to start (invalid
+    configuration): starting it again would not help, so that code is returned at once.
+    The pool gets SIGTERM when this process dies, even by SIGKILL (``lifeline.py``).
     """
     stopping = False
     proc: subprocess.Popen[bytes] | None = None
@@ -96,10 +101,12 @@ def supervise(argv: list[str], env: dict[str, str], *, restart: bool = True) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    supervisor = os.getpid()
     while True:
-        proc = subprocess.Popen(argv, env=env, start_new_session=True)
+        proc = subprocess.Popen(argv, env=env, start_new_session=True,
+                                preexec_fn=lambda: die_with_parent(signal.SIGTERM, supervisor))
         code = proc.wait()
-        if stopping or not restart or code == 0:
+        if stopping or not restart or code in (0, REFUSED):
             return code
         click.echo(f"routerctl: worker pool exited with code {code}; restarting in 1s", err=True)
         time.sleep(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 from collections import deque
@@ -13,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from fakeproviders import views, wire
+from fakeproviders import sse, views, wire
 from fakeproviders.views import IMAGE_TOKENS, Invalid, RequestView
 from fakeproviders.wire import Reply, Scenario
 from router_jobs.providers.fake import fake_turn
@@ -64,7 +65,8 @@ class FakeProviderServer:
     ``keys`` maps a key name to its secret (or is an iterable of secrets, named by
     themselves). ``limits`` maps a key name (or ``"*"``) to a :class:`KeyLimit` or a dict
     like ``{"rpm": 3, "tpm": 1000}`` / ``{"requests": 3, "window": 1}``. ``latency`` delays
-    every answer. ``script(key, [...])`` queues scenarios (see :mod:`.wire`) for a key's next
+    every answer; ``chunk_delay`` paces the events of streamed answers (see :mod:`.sse`).
+    ``script(key, [...])`` queues scenarios (see :mod:`.wire`) for a key's next
     requests; a request header ``x-fake-scenario`` forces one too.
 
     ``start()`` returns the base URL to give the SDK: ``http://127.0.0.1:PORT/v1`` for
@@ -78,6 +80,7 @@ class FakeProviderServer:
         limits: Mapping[str, KeyLimit | Mapping[str, float]] | None = None,
         *,
         latency: float = 0.0,
+        chunk_delay: float = 0.0,
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
         host: str = "127.0.0.1",
@@ -91,6 +94,7 @@ class FakeProviderServer:
         )
         self._limits = {name: _as_limit(v) for name, v in (limits or {}).items()}
         self.latency = latency
+        self.chunk_delay = chunk_delay
         self.cached_tokens = cached_tokens
         self.reasoning_tokens = reasoning_tokens
         self._host, self._port = host, port
@@ -301,15 +305,33 @@ class FakeProviderServer:
         delay = self.latency + (scenario.num("seconds", 2.0) if scenario.name == "slow" else 0.0)
         if delay > 0:
             self._stopping.wait(delay)
-        reply = self._reply(scenario, key, secret, req, in_tokens, wait)
+        streamed = sse.is_streamed(self.provider, parsed.path, body)
+        if streamed and scenario.name in ("ok", "slow", "tool_call", "stream_error", "stream_cut", "refusal",
+                                          "blocked"):
+            reply = self._stream_reply(scenario, key, req, in_tokens, body)
+        else:
+            reply = self._reply(scenario, key, secret, req, in_tokens, wait)
         out = 0
         if reply.status == 200:
-            out = _output_tokens(self.provider, reply.body)
+            out = reply.output_tokens if reply.events is not None else _output_tokens(self.provider, reply.body)
         rec = Record(time.monotonic(), key, model, in_tokens, out, reply.status, scenario.name, prompt_text, all_text,
                      body, arrived)
         with self._lock:
             self._records.append(rec)
         return reply
+
+    def _stream_reply(self, sc: Scenario, key: str, req: RequestView, in_tokens: int, body: dict[str, Any]) -> Reply:
+        turn = fake_turn(user_text=req.prompt, tool_results=req.tool_results, tools=req.tools, choice=req.choice,
+                         parallel=req.parallel, schema=req.schema)
+        calls = list(turn.calls)
+        if sc.name == "tool_call" and not calls:
+            calls = [(sse.tool_name(self.provider, body), {"query": req.prompt})]
+        out_text = turn.text + "".join(json.dumps(a) for _, a in calls)
+        usage = {"input": in_tokens, "output": estimate_text_tokens(out_text) + self.reasoning_tokens,
+                 "cached": min(self.cached_tokens, in_tokens), "reasoning": self.reasoning_tokens}
+        events = sse.STREAMS[self.provider](sc, req.model, turn.text, usage, body, calls)
+        return Reply(200, {}, self._rate_headers(key), events=events,
+                     chunk_delay=sc.num("chunk_delay", self.chunk_delay), output_tokens=usage["output"])
 
     def _reply(self, sc: Scenario, key: str, secret: str, req: RequestView, in_tokens: int, wait: float) -> Reply:
         model = req.model
@@ -412,9 +434,10 @@ def _view(
         # the API takes x-api-key; recent SDKs send the key as a bearer token instead
         return views.anthropic_view(body, headers)
     prefix = "/v1beta/models/"
-    if not (path.startswith(prefix) and path.endswith(":generateContent")):
+    method = next((m for m in (":generateContent", ":streamGenerateContent") if path.endswith(m)), None)
+    if not path.startswith(prefix) or method is None:
         return Reply(404, {"error": {"code": 404, "message": f"Unknown path {path}", "status": "NOT_FOUND"}})
-    model = path[len(prefix):-len(":generateContent")]
+    model = path[len(prefix):-len(method)]
     secret = headers.get("x-goog-api-key") or (query.get("key") or [""])[0]
     return views.gemini_view(model, secret, body)
 
@@ -451,6 +474,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(self.fake.handle(self.path, headers, body))
 
     def _send(self, reply: Reply) -> None:
+        if reply.events is not None:
+            self._send_events(reply)
+            return
         data = json.dumps(reply.body).encode()
         self.send_response(reply.status)
         self.send_header("content-type", "application/json")
@@ -459,3 +485,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+
+    def _send_events(self, reply: Reply) -> None:
+        """A server-sent event stream, chunked (the connection stays open for the next call).
+
+        Each event leaves at once, as from a real provider: no Nagle delay between the small
+        writes (which the client's delayed ACK would stretch to tens of milliseconds)."""
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.send_response(reply.status)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        for i, event in enumerate(reply.events or []):
+            if i and reply.chunk_delay > 0 and self.fake._stopping.wait(reply.chunk_delay):
+                break
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()

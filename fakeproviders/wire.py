@@ -46,6 +46,9 @@ class Reply:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    events: list[bytes] | None = None  # a streamed answer: server-sent events (see :mod:`.sse`)
+    chunk_delay: float = 0.0  # seconds between events
+    output_tokens: int = 0  # of a streamed answer
 
 
 def go_duration(seconds: float) -> str:

@@ -14,7 +14,8 @@ the data a caller needs to act on it (a field name, a retry-after, a job id), ne
     │   ├── JobFailed                    the job ended failed (error_type, message)
     │   ├── JobCancelled
     │   ├── JobExpired                   deadline passed before it could run, or record expired
-    │   └── JobTimeout                   the caller's wait ran out (the job may still finish)
+    │   ├── JobTimeout                   the caller's wait ran out (the job may still finish)
+    │   └── StreamTruncated              a job's event stream lost events (trimmed or expired)
     └── ProviderError                    a provider call failed; classified for the broker
         ├── ProviderRateLimited          429: cool the key down for retry_after seconds
         ├── QuotaExhausted               quota/spend/daily limit gone until reset_at
@@ -124,6 +125,16 @@ class JobTimeout(JobError, TimeoutError):
     def __init__(self, job_id: str, timeout: float) -> None:
         super().__init__(job_id, f"job {job_id} did not finish within {timeout:.3f}s")
         self.timeout = timeout
+
+
+class StreamTruncated(JobError):
+    """Reading a job's event stream found a gap: event ``got`` came where ``expected`` was due
+    (the stream was trimmed past its MAXLEN, or expired and began again)."""
+
+    def __init__(self, job_id: str, expected: int, got: int) -> None:
+        super().__init__(job_id, f"event stream of job {job_id} lost events: expected #{expected}, got #{got}")
+        self.expected = expected
+        self.got = got
 
 
 class ProviderError(RouterJobsError):

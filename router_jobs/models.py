@@ -148,6 +148,7 @@ class JobSpec(BaseModel):
     max_wait: float | None = None  # seconds to wait for room before trying fallback models
     objective: Objective = "fairness"
     idempotency_key: str | None = None
+    stream: bool = False  # the worker streams the answer into the job's event stream
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("max_output_tokens")

@@ -23,6 +23,8 @@ ENV_NAMES: dict[str, str] = {
     "ROUTER_STATE_DIR": "state_dir",
     "ROUTER_NAMESPACE": "namespace",
     "ROUTER_JOB_TTL_SECONDS": "job_ttl_seconds",
+    "ROUTER_STREAM_TTL_SECONDS": "stream_ttl_seconds",
+    "ROUTER_STREAM_MAXLEN": "stream_maxlen",
     "ROUTER_VISIBILITY_TIMEOUT_MS": "visibility_timeout_ms",
     "ROUTER_MAX_DELIVERIES": "max_deliveries",
     "ROUTER_MAX_PAYLOAD_BYTES": "max_payload_bytes",
@@ -69,6 +71,8 @@ class Settings(BaseModel):
     state_dir: Path = Field(default_factory=default_state_dir)
     namespace: str = "rj"
     job_ttl_seconds: int = Field(default=86400, gt=0)
+    stream_ttl_seconds: int = Field(default=3600, gt=0)
+    stream_maxlen: int = Field(default=20_000, gt=0)
     visibility_timeout_ms: int = Field(default=30000, ge=200)
     max_deliveries: int = Field(default=5, ge=1)
     max_payload_bytes: int = Field(default=1_000_000, gt=0)

@@ -161,7 +161,8 @@ def test_dead_letters_list_replay_purge(env: dict[str, str], redis_url: str, nam
     rows = js(env, "dlq", "list")
     assert [d["job_id"] for d in rows] == ["job0", "job1", "job2"]
     assert rows[0]["reason"] == "started 3 times without an ack"
-    assert js(env, "dlq", "replay", "interactive", "--limit", "1") == {"queue": "interactive", "replayed": 1}
+    assert js(env, "dlq", "replay", "interactive", "--limit", "1") == {"queue": "interactive", "replayed": 1,
+                                                                         "refused": {}}
     assert client.xlen(ks.stream("interactive")) == 1
     assert {r["queue"]: r for r in js(env, "queues")}["interactive"]["ready"] == 1
     run(env, "dlq", "replay", "interactive", "--id", "0-1", code=1)

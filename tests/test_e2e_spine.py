@@ -128,9 +128,11 @@ def test_job_that_crashes_its_worker_every_time_is_dead_lettered(env: dict[str, 
             assert res.ok
     [entry] = dead
     assert "started 3 times without an ack" in str(entry["reason"])
-    # the job record itself says it never finished; operators see it in the DLQ
-    status = router.status(bomb)
-    assert status is not None and not status.status.terminal
+    # the job ended failed with the reason (its awaiters woke at once); operators see it in the DLQ
+    with pytest.raises(JobFailed) as info:
+        router.await_result(bomb, timeout=10)
+    assert info.value.error_type == "crashed"
+    assert "started 3 times without an ack" in info.value.error_message
 
 
 def test_jobs_failing_for_good_end_failed_with_the_reason(env: dict[str, str], router: Router) -> None:

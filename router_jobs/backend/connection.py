@@ -13,8 +13,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -25,6 +26,35 @@ from router_jobs.settings import Settings
 
 #: Errors retried with bounded backoff by every client we build.
 RETRIED_ERRORS: list[type[Exception]] = [redis.ConnectionError, redis.TimeoutError]
+
+
+#: How long a producer call keeps retrying while Redis is unreachable (on top of the client's
+#: own retries of each command) before it raises BrokerError.
+OUTAGE_BUDGET = 10.0
+
+T = TypeVar("T")
+
+
+def redis_call(what: str, fn: Callable[[], T], *, budget: float = OUTAGE_BUDGET) -> T:
+    """Run ``fn`` (some Redis calls); ride out an outage of up to ``budget`` seconds.
+
+    Connection errors and timeouts are retried with backoff (50 ms doubling to 1 s) until
+    ``budget`` runs out; then, and at once for any other Redis error, :class:`BrokerError`
+    is raised naming ``what`` and the cause (never a URL, which may hold a password).
+    """
+    deadline = time.monotonic() + budget
+    pause = 0.05
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise BrokerError(f"{what}: redis unreachable for {budget:g}s "
+                                  f"({type(exc).__name__}: {exc})") from exc
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+        except redis.RedisError as exc:
+            raise BrokerError(f"{what}: redis error ({type(exc).__name__}: {exc})") from exc
 
 
 def connect(url: str, **kwargs: Any) -> redis.Redis:

@@ -50,6 +50,10 @@ class RedisSchema:
     def job_channel(self, job_id: str) -> str:
         return f"{self.ns}:done:{job_id}"
 
+    def job_events(self, job_id: str) -> str:
+        """Stream of a streamed job's events (state, deltas, done/error), with a TTL."""
+        return f"{self.ns}:events:{job_id}"  # not under job:*, which SCANs for records
+
     def idempotency(self, key: str) -> str:
         return f"{self.ns}:idem:{key}"
 

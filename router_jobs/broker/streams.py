@@ -6,27 +6,31 @@ consumer. What a message goes through:
 * enqueue: ``XADD`` to the queue's stream, or, with a delay, ``ZADD`` to the queue's delay set
   scored by *server* time + delay (``delay.lua``). Delayed messages never sit in a worker's
   memory; ``promote.lua`` moves due ones into the stream atomically, and any consumer may run it.
+  The process that parks a message also promotes it at its due time (``promoter.py``).
 * consume: ``XREADGROUP … BLOCK`` (no polling back-off: an idle worker starts new work within a
   few ms). The block is cut short when a delayed message falls due.
-* ack: ``XACK`` + ``XDEL`` in one transaction. nack: to the queue's dead-letter stream with the
-  reason (``dead_letter.lua``).
+* ack: ``XACK`` + ``XDEL`` in one script (``ack.lua``, which Redis runs even when out of
+  memory). nack: to the queue's dead-letter stream with the reason (``dead_letter.lua``),
+  after the broker's dead-letter hooks (``leaving.py``) heard of it.
 * crash recovery: entries left pending by a dead consumer are taken over with ``XAUTOCLAIM``
   once idle past the visibility timeout (``reclaim.lua``); a live consumer keeps the entries it
   is still working on fresh with ``XCLAIM … JUSTID`` (heartbeat), so a long call is never
-  handed to a second worker. An entry delivered more than ``max_deliveries`` times goes to the
-  dead-letter stream: it keeps killing its workers.
+  handed to a second worker. An entry started ``max_deliveries`` times goes to the
+  dead-letter stream, after the dead-letter hooks: it keeps killing its workers.
+* retries of failed messages are parked with ``defer.lua`` (``leaving.StreamRetries``).
 * graceful shutdown: prefetched entries are handed back (``requeue.lua``).
 
-The broker and its consumer stay in one module (about 480 lines) on purpose: they are two
+The broker and its consumer stay in one module (about 600 lines) on purpose: they are two
 halves of one protocol over the same keys and scripts, and reading one needs the other.
 
-Redis errors that survive the client's bounded retries surface as
-:class:`dramatiq.errors.ConnectionClosed` inside consumers (Dramatiq's worker knows to retry
-those) and as :class:`~router_jobs.errors.BrokerError` from producer calls.
+Redis errors never end a consumer or its threads: the consumer logs them, backs off and
+goes on (each maintenance step on its own), and the ack flusher retries every ack until
+Redis takes it. Producer calls raise :class:`~router_jobs.errors.BrokerError`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -40,14 +44,18 @@ import dramatiq
 import redis
 from dramatiq.broker import Broker, Consumer, MessageProxy
 from dramatiq.common import q_name
-from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
+from dramatiq.errors import ConnectionClosed, DecodeError, QueueJoinTimeout
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.backend.scripts import ScriptSet, lua
+from router_jobs.broker.leaving import DeadLetterHook, is_kept_pending, use_stream_retries
+from router_jobs.broker.promoter import DuePromoter
 from router_jobs.broker.wire import decode_dead_letter
-from router_jobs.errors import BrokerError
+from router_jobs.errors import BrokerError, RouterJobsError
+
+log = logging.getLogger("router_jobs.broker")
 
 GROUP = "workers"
 
@@ -58,6 +66,7 @@ LOW_PRIORITY_QUEUES = frozenset({"batch"})
 class BrokerScripts(ScriptSet):
     """The Lua scripts in ``broker/lua/``."""
 
+    ack = lua("ack")
     promote = lua("promote")
     reclaim = lua("reclaim")
     defer = lua("defer")
@@ -129,10 +138,29 @@ class StreamsBroker(Broker):
         self.queues: set[str] = set()
         self.scripts = BrokerScripts(client)
         self.add_middleware(StartTracker())
+        use_stream_retries(self)
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         #: the key pool's admission step, run by consumers when it is due (set by the worker);
         #: returns seconds until it should run again
         self.admission: Callable[[], float] | None = None
+        self.promoter = DuePromoter(self._promote_queue)
+
+    def close(self) -> None:
+        """Stop the promoter thread; the Redis client is the caller's."""
+        self.promoter.close()
+        super().close()
+
+    def _promote_queue(self, queue_name: str) -> int:
+        _moved, wait_ms = self.scripts.promote(
+            keys=[self.schema.delayed(queue_name), self.schema.stream(queue_name)], args=[1000])
+        return int(wait_ms)
+
+    def before_dead_letter(self, message: MessageProxy, *, kind: str, reason: str) -> None:
+        """Tell every middleware implementing :class:`DeadLetterHook` that ``message`` is about
+        to be dead-lettered. Their errors propagate: the entry then stays pending."""
+        for middleware in self.middleware:
+            if isinstance(middleware, DeadLetterHook):
+                middleware.before_dead_letter(self, message, kind=kind, reason=reason)
 
     # -- declaring -------------------------------------------------------------------------
     def declare_queue(self, queue_name: str) -> None:
@@ -170,6 +198,7 @@ class StreamsBroker(Broker):
         try:
             if delay:
                 self.scripts.delay(keys=[self.schema.delayed(queue_name)], args=[int(delay), data])
+                self.promoter.due_in(queue_name, int(delay))
             else:
                 self.client.xadd(self.schema.stream(queue_name), {"m": data})
         except redis.RedisError as exc:
@@ -197,6 +226,7 @@ class StreamsBroker(Broker):
             )
         except redis.RedisError as exc:
             raise BrokerError(f"cannot defer a message on {queue_name!r}: {exc}") from exc
+        self.promoter.due_in(queue_name, max(0, int(delay_ms)))
 
     # -- consuming -------------------------------------------------------------------------
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
@@ -268,6 +298,9 @@ class StreamConsumer(Consumer):
         self._inflight: dict[str, _StreamMessage] = {}
         self._lock = threading.Lock()
         self._room = threading.Event()
+        self._backoff = 0.0  # seconds to pause after a Redis error in __next__ (grows, capped)
+        #: Redis errors met so far (reported in the log as they happen), for health and tests.
+        self.errors: dict[str, int] = {}
         now = time.monotonic()
         self._next_heartbeat = now  # announce this consumer at once (health, readiness)
         self._next_reclaim = now  # take over orphans at once on start
@@ -286,8 +319,6 @@ class StreamConsumer(Consumer):
             self._inflight.pop(entry_id, None)
             if self._suspect_running == entry_id:
                 self._suspect_running = None
-        if getattr(message, "redelivered", False):
-            self.client.hdel(self.broker.schema.starts(self.queue_name), entry_id)
         self._room.set()
 
     def _next_cached(self) -> _StreamMessage | None:
@@ -302,16 +333,24 @@ class StreamConsumer(Consumer):
                 return msg
         return None
 
+    def _report(self, where: str, exc: Exception) -> None:
+        """Count and log a Redis error met by ``where`` (the consumer goes on)."""
+        n = self.errors[where] = self.errors.get(where, 0) + 1
+        if n == 1 or n % 100 == 0:
+            log.warning("%s of queue %s: redis error #%d: %s: %s", where, self.queue_name, n,
+                        type(exc).__name__, exc)
+
     def ack(self, message: MessageProxy) -> None:
         """Acknowledge: XACK + XDEL, group-committed by a flusher thread.
 
-        Whatever acks wait when the flusher wakes go out as one variadic XACK and one XDEL in
-        one transaction: an idle worker acks at once, a busy one pays one round trip for
-        many. An ack lost to a crash before its flush means one more delivery, which the
-        job's own record turns into a no-op (a job ends exactly once).
+        Whatever acks wait when the flusher wakes go out as one call of ``ack.lua``: an idle
+        worker acks at once, a busy one pays one round trip for many. An ack lost to a crash
+        before its flush means one more delivery, which the job's own record turns into a
+        no-op (a job ends exactly once). A message marked with ``leaving.keep_pending`` is
+        only forgotten locally.
         """
         entry_id = getattr(message, "entry_id", None)
-        if entry_id is not None:
+        if entry_id is not None and not is_kept_pending(message):
             with self._ack_cv:
                 self._acks.append(entry_id)
                 if self._flusher is None:
@@ -322,6 +361,7 @@ class StreamConsumer(Consumer):
         self._forget(message)
 
     def _flush_loop(self) -> None:
+        """The flusher thread: survives every Redis error (see ``_flush_acks``)."""
         while True:
             with self._ack_cv:
                 while not self._acks and not self._closed:
@@ -332,21 +372,28 @@ class StreamConsumer(Consumer):
             self._flush_acks(batch)
 
     def _flush_acks(self, batch: list[str]) -> None:
+        """Send ``batch`` until Redis takes it. Any Redis error (connection lost, out of memory,
+        read-only replica …) is reported and retried with backoff, for as long as it takes,
+        except at shutdown, when the entries are left to be delivered again."""
         delay = 0.05
         while batch:
             try:
-                pipe = self.client.pipeline(transaction=True)
-                pipe.xack(self.stream, GROUP, *batch)
-                pipe.xdel(self.stream, *batch)
-                pipe.execute()
+                self.scripts.ack(keys=[self.stream, self.broker.schema.starts(self.queue_name)],
+                                 args=[GROUP, *batch])
                 return
-            except redis.ConnectionError:
+            except redis.RedisError as exc:
+                self._report("ack flusher", exc)
                 if self._closed and delay > 2:
                     return  # shutting down with Redis gone: the entries will be redelivered
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
 
     def nack(self, message: MessageProxy) -> None:
+        """Dead-letter a rejected message, after the broker's dead-letter hooks.
+
+        When a hook or Redis fails, the entry stays pending (it comes back after the
+        visibility timeout) and :class:`ConnectionClosed` makes Dramatiq retry this nack.
+        """
         entry_id = getattr(message, "entry_id", None)
         reason = "rejected by the worker"
         exc = getattr(message, "_exception", None)
@@ -354,14 +401,15 @@ class StreamConsumer(Consumer):
             reason = f"{type(exc).__name__}: {exc}"[:2000]
         try:
             if entry_id is not None:
+                self.broker.before_dead_letter(message, kind="failed", reason=reason)
                 self.scripts.dead_letter(
-                    keys=[self.stream, self.dead],
-                    args=[GROUP, entry_id, message.encode(), reason, self.broker.dead_letter_maxlen, 1],
+                    keys=[self.stream, self.dead, self.broker.schema.starts(self.queue_name)],
+                    args=[GROUP, entry_id, message.encode(), reason, self.broker.dead_letter_maxlen, 1, 0],
                 )
-        except redis.ConnectionError as err:
+        except (redis.RedisError, RouterJobsError) as err:
+            self._report("nack", err)
             raise ConnectionClosed(err) from None
-        finally:
-            self._forget(message)
+        self._forget(message)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         args: list[Any] = [GROUP]
@@ -372,8 +420,9 @@ class StreamConsumer(Consumer):
                 self._forget(m)
         if len(args) > 1:
             try:
-                self.scripts.requeue(keys=[self.stream], args=args)
-            except redis.ConnectionError as exc:
+                self.scripts.requeue(keys=[self.stream, self.broker.schema.starts(self.queue_name)], args=args)
+            except redis.RedisError as exc:
+                self._report("requeue", exc)
                 raise ConnectionClosed(exc) from None
 
     # -- maintenance -------------------------------------------------------------------------
@@ -388,13 +437,30 @@ class StreamConsumer(Consumer):
         room = self.prefetch - self.outstanding
         if room <= 0:
             return
-        flat = self.scripts.reclaim(
-            keys=[self.stream, self.dead, self.broker.schema.starts(self.queue_name)],
-            args=[GROUP, self.name, self.visibility, room, self.broker.max_deliveries,
-                  self.broker.dead_letter_maxlen],
+        starts_key = self.broker.schema.starts(self.queue_name)
+        flat, poison = self.scripts.reclaim(
+            keys=[self.stream, starts_key],
+            args=[GROUP, self.name, self.visibility, room, self.broker.max_deliveries],
         )
         for i in range(0, len(flat), 2):
             self._take(flat[i].decode(), flat[i + 1], redelivered=True)
+        for i in range(0, len(poison), 4):
+            self._bury(poison[i].decode(), poison[i + 1], int(poison[i + 2]), int(poison[i + 3]))
+
+    def _bury(self, entry_id: str, data: bytes, starts: int, deliveries: int) -> None:
+        """Dead-letter a poison entry (claimed by this consumer), after the dead-letter hooks.
+        Should anything fail, the entry stays pending and is found again by a later reclaim."""
+        reason = f"started {starts} times without an ack (its worker crashed or timed out each time)"
+        try:
+            message = _entry_proxy(entry_id, data, True)
+        except DecodeError:
+            message = None  # not a message of ours: nobody to tell
+        if message is not None:
+            self.broker.before_dead_letter(message, kind="crashed", reason=reason)
+        self.scripts.dead_letter(
+            keys=[self.stream, self.dead, self.broker.schema.starts(self.queue_name)],
+            args=[GROUP, entry_id, data, reason, self.broker.dead_letter_maxlen, deliveries, starts],
+        )
 
     def _promote(self) -> float:
         """Move due delayed messages; return seconds until the next one falls due."""
@@ -413,18 +479,36 @@ class StreamConsumer(Consumer):
         self._cache.append(msg)
 
     def _maintain(self, now: float) -> None:
+        """Heartbeat, reclaim, promote: each on its own schedule, and each survives Redis
+        errors on its own (reported, retried soon), so that one refused write (say, the
+        heartbeat's HSET when Redis is out of memory) never stops the others."""
         if now >= self._next_heartbeat:
-            self._heartbeat()
             self._next_heartbeat = now + self.visibility / 3000
+            try:
+                self._heartbeat()
+            except redis.RedisError as exc:
+                self._report("heartbeat", exc)
+                self._next_heartbeat = now + min(0.5, self.visibility / 6000)
         if now >= self._next_reclaim:
-            self._reclaim()
             self._next_reclaim = now + max(0.1, self.visibility / 4000)
+            try:
+                self._reclaim()
+            except (redis.RedisError, RouterJobsError) as exc:
+                self._report("reclaim", exc)
         if now >= self._next_promote:
             # Re-check at least every 200 ms: another process may park a sooner message.
-            self._next_promote = now + min(0.2, self._promote())
+            try:
+                self._next_promote = now + min(0.2, self._promote())
+            except redis.RedisError as exc:
+                self._report("promote", exc)
+                self._next_promote = now + 0.2
         admission = self.broker.admission
         if admission is not None and now >= self._next_admit:
-            self._next_admit = now + admission()
+            try:
+                self._next_admit = now + admission()
+            except redis.RedisError as exc:
+                self._report("admission", exc)
+                self._next_admit = now + 0.2
 
     # -- iteration ---------------------------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
@@ -456,14 +540,28 @@ class StreamConsumer(Consumer):
                         self.client.xack(self.stream, GROUP, entry_id)
                         continue
                     self._take(entry_id.decode(), data)
+            self._backoff = 0.0
             return self._next_cached()
-        except redis.ConnectionError as exc:
-            raise ConnectionClosed(exc) from None
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the stream was deleted (flush): recreate and go on
-                self.broker.ensure_group(self.queue_name)
+                try:
+                    self.broker.ensure_group(self.queue_name)
+                except BrokerError as err:
+                    self._report("consumer", err)
                 return None
-            raise
+            self._pause_after(exc)
+            return None
+        except redis.RedisError as exc:
+            # Not ConnectionClosed: Dramatiq would replace this consumer, and the new one
+            # would not heartbeat the messages this one handed to worker threads.
+            self._pause_after(exc)
+            return None
+
+    def _pause_after(self, exc: redis.RedisError) -> None:
+        """Report a Redis error of the consumer loop and back off (50 ms, doubling, ≤ 1 s)."""
+        self._report("consumer", exc)
+        self._backoff = min(1.0, max(0.05, self._backoff * 2))
+        time.sleep(self._backoff)
 
     def close(self) -> None:
         """Hand back what we hold locally, flush acks, forget this consumer when it holds nothing."""

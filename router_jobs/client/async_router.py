@@ -10,6 +10,7 @@ refuse, limit and deliver exactly alike.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -21,6 +22,8 @@ from router_jobs.client.waiting import AsyncJobWaiter
 from router_jobs.jobs.records import raise_for_result
 from router_jobs.models import JobHandle, JobResult, JobSpec
 from router_jobs.settings import Settings
+from router_jobs.streaming.events import StreamEvent
+from router_jobs.streaming.read import aiter_events
 
 
 class AsyncRouter:
@@ -65,6 +68,13 @@ class AsyncRouter:
     async def submit_spec(self, spec: JobSpec, *, delay: float = 0.0, job_id: str | None = None) -> JobHandle:
         """Enqueue an already validated spec (see ``Router.submit_spec``)."""
         return await adrive(self.client, rules.submit_spec_steps(self.sync, spec, delay=delay, job_id=job_id))
+
+    def stream(self, job: JobRef, *, offset: str | None = None, timeout: float | None = None,
+               poll: float = 1.0) -> AsyncIterator[StreamEvent]:
+        """``async for event in router.stream(job)``: the job's events until ``done``/``error``,
+        resumable after any event's ``id`` (see ``Router.stream``)."""
+        return aiter_events(self.client, self.schema, self.status, job_id_of(job), offset=offset,
+                            timeout=timeout, poll=poll, clock=time.monotonic)
 
     async def status(self, job: JobRef) -> JobResult | None:
         """The job's current state (its result once it ended); None if unknown or expired."""

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from router_jobs.admission.budgets import Budgets
 from router_jobs.admission.userlimits import UserLimiter
-from router_jobs.backend.connection import connect, resolve_redis_url
+from router_jobs.backend.connection import OUTAGE_BUDGET, connect, redis_call, resolve_redis_url
 from router_jobs.backend.ops import drive
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import KeysFile
@@ -33,6 +33,9 @@ from router_jobs.jobs.records import JobStore, raise_for_result
 from router_jobs.models import JobHandle, JobResult, JobSpec
 from router_jobs.providers.capabilities import check_spec
 from router_jobs.settings import Settings
+from router_jobs.streaming.events import StreamEvent
+from router_jobs.streaming.log import EventLog
+from router_jobs.streaming.read import iter_events
 
 JobRef = JobHandle | str
 
@@ -115,6 +118,9 @@ class Router:
       keys: a key configuration to load into the pool's registry in Redis; by default the
         keys file (``settings.keys_file``) is applied when its content changed since it was
         last applied (see ``RedisKeyPool.sync_file``).
+      redis_budget: seconds the constructor and ``await_result`` keep retrying while Redis is
+        unreachable (a restart, a failover) before they raise :class:`BrokerError`; 0 fails
+        at the first error.
     """
 
     def __init__(
@@ -123,8 +129,10 @@ class Router:
         *,
         client: redis.Redis | None = None,
         keys: KeysFile | None = None,
+        redis_budget: float = OUTAGE_BUDGET,
     ) -> None:
         self.settings = settings
+        self.redis_budget = redis_budget
         self.url = resolve_redis_url(settings) if client is None else None
         self.client = client if client is not None else connect(self.url or "")
         self.schema = RedisSchema(settings.namespace)
@@ -132,12 +140,15 @@ class Router:
         self.conversations = ConversationStore.from_settings(self.client, settings)
         self.limiter = UserLimiter(self.client, self.schema, settings)
         self.budgets = Budgets(self.client, self.schema)
+        self.events = EventLog(self.client, self.schema, ttl_seconds=settings.stream_ttl_seconds,
+                               maxlen=settings.stream_maxlen)
         self.pool = RedisKeyPool(self.client, self.schema, margin_ms=settings.pool_margin_ms,
                                  late_ms=settings.pool_late_ms)
         if keys is not None:
-            self.pool.load(keys)
+            redis_call("loading the key pool", lambda: self.pool.load(keys), budget=redis_budget)
         else:
-            self.pool.sync_file(settings.keys_file)
+            redis_call("applying the keys file", lambda: self.pool.sync_file(settings.keys_file),
+                       budget=redis_budget)
         self.scheduler = Scheduler(self.pool, interactive_share=settings.interactive_share,
                                    interactive_hold_ms=int(settings.interactive_hold_s * 1000))
 
@@ -171,7 +182,8 @@ class Router:
 
         ``fields`` are those of :class:`~router_jobs.models.JobSpec` (messages, system_prompt,
         max_output_tokens, temperature, priority, deadline, idempotency_key, conversation_id,
-        user_id, metadata, …). ``delay`` holds the job back that many seconds.
+        user_id, metadata, stream, …). ``delay`` holds the job back that many seconds.
+        With ``stream=True`` the worker streams the answer: read it with :meth:`stream`.
 
         A job with a ``user_id`` passes that user's token bucket and the global one, and the
         user's daily budget: over a limit, ``on_rate_limit="raise"`` raises SubmitRateLimited
@@ -189,6 +201,20 @@ class Router:
         A conversation turn draws its turn number here: turns run in submission order.
         """
         return drive(self.client, rules.submit_spec_steps(self, spec, delay=delay, job_id=job_id))
+
+    # -- streaming ---------------------------------------------------------------------------
+    def stream(self, job: JobRef, *, offset: str | None = None, timeout: float | None = None,
+               poll: float = 1.0) -> Iterator[StreamEvent]:
+        """Yield the job's events (see :mod:`router_jobs.streaming.events`) until ``done``/``error``.
+
+        ``offset`` is the ``id`` of the last event already seen: reading resumes after it (a
+        consumer that dropped reconnects without loss or repeats); None reads from the start.
+        A job that ended without its last event (cancelled, submitted without ``stream=True``)
+        still ends the reading, from its result. Raises JobExpired for an unknown job,
+        JobTimeout after ``timeout`` seconds, StreamTruncated if events were lost.
+        """
+        return iter_events(self.client, self.schema, self.jobs.get, job_id_of(job), offset=offset,
+                           timeout=timeout, poll=poll, clock=time.monotonic)
 
     # -- looking up --------------------------------------------------------------------------
     def status(self, job: JobRef) -> JobResult | None:
@@ -242,9 +268,10 @@ class Router:
 
         Raises JobFailed, JobCancelled or JobExpired (also for an unknown job) for those
         endings, unless ``raise_on_error`` is False: then the result is returned as it is.
-        Raises JobTimeout when ``timeout`` seconds pass first.
+        Raises JobTimeout when ``timeout`` seconds pass first, and BrokerError when Redis stays
+        unreachable longer than ``redis_budget`` seconds (shorter outages are ridden out).
         """
-        with JobWaiter(self.client, self.schema) as waiter:
+        with JobWaiter(self.client, self.schema, redis_budget=self.redis_budget) as waiter:
             for result in waiter.results([job_id_of(job)], timeout):
                 return raise_for_result(result) if raise_on_error else result
         raise AssertionError("unreachable: results() yields the job's ending or raises")
@@ -259,7 +286,7 @@ class Router:
 
         One pub/sub connection serves any number of jobs. Raises JobTimeout (naming one of
         the unfinished jobs) when ``timeout`` seconds pass before all ended; an unknown or
-        expired job is yielded as an ``expired`` result.
+        expired job is yielded as an ``expired`` result. Redis outages: as for ``await_result``.
         """
-        with JobWaiter(self.client, self.schema) as waiter:
+        with JobWaiter(self.client, self.schema, redis_budget=self.redis_budget) as waiter:
             yield from waiter.results([job_id_of(j) for j in jobs], timeout)

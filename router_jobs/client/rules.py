@@ -19,6 +19,7 @@ from router_jobs.errors import JobValidationError, SubmitRateLimited
 from router_jobs.jobs.records import job_message, new_job_id
 from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
 from router_jobs.observability.metrics import record_submitted
+from router_jobs.streaming.live import ending_event, waiting_event
 from router_jobs.tokens import estimate_extra_tokens, estimate_tokens
 
 if TYPE_CHECKING:
@@ -64,12 +65,21 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
             yield from convs.create_steps(spec.conversation_id, system_prompt=spec.system_prompt)
         seq = yield convs.next_turn_seq_op(spec.conversation_id)
         spec = spec.model_copy(update={"turn_seq": seq})
+    job_id = job_id or new_job_id()
     # a job that needs nothing but room goes straight into the key pool's line (admitted at
     # once when a key has room): it is delivered once, when it can run. Conversation turns
     # and delayed jobs go through a worker first (turn order, history size, the delay).
     in_line = spec.conversation_id is None and delay <= 0
-    got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id or new_job_id(), delay_ms=int(delay * 1000),
-                                                  hold=in_line)
+    if spec.stream:  # the first event, written before any worker can see the job
+        queue = router.schema.stream(spec.priority.value)
+        ahead = yield Op(lambda c: c.xlen(queue), int)
+        first = (waiting_event("held back by submit", int(delay * 1000), ahead) if delay > 0
+                 else waiting_event("submitted", None, ahead))
+        yield router.events.append_op(job_id, [first])
+    got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id, delay_ms=int(delay * 1000), hold=in_line)
+    if spec.stream and got_id != job_id:  # deduplicated: the earlier job's stream is the one
+        orphan = router.schema.job_events(job_id)
+        yield Op(lambda c: c.delete(orphan))
     to_line = in_line and not existed
     if in_line and existed:
         # submitted before (an idempotency key): if that submit never reached the line (its
@@ -102,6 +112,8 @@ def cancel_steps(router: Router, job_id: str) -> Steps[bool]:
     ended = yield router.jobs.finish_op(result, queue=queue, only_if_queued=True)
     if ended != 1:
         return False
+    if spec is not None and spec.stream:  # the reader of its stream ends with the cancellation
+        yield router.events.append_op(job_id, [ending_event(result)])
     # out of the pool's line; an admission not yet claimed gives its room back
     yield from router.scheduler.remove_steps([job_id])
     if spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:

@@ -8,6 +8,9 @@ news, every pending record is read again (a record may expire without a publish)
 
 :class:`WaitSet` is the logic and does no I/O; :class:`JobWaiter` and :class:`AsyncJobWaiter`
 drive it over one redis-py pub/sub connection each, sync or asyncio, and do nothing else.
+The sync waiter rides out a Redis outage of up to ``redis_budget`` seconds: it subscribes
+again to every pending job, then reads every pending record, so no ending is missed; past
+the budget it raises :class:`~router_jobs.errors.BrokerError`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
+import redis
 from redis.asyncio.client import PubSub as AsyncPubSub
 from redis.client import PubSub
 
+from router_jobs.backend.connection import OUTAGE_BUDGET
 from router_jobs.backend.ops import Op, Steps, adrive, drive
 from router_jobs.backend.schema import RedisSchema
-from router_jobs.errors import JobTimeout
+from router_jobs.errors import BrokerError, JobTimeout
 from router_jobs.jobs.records import parse_result
 from router_jobs.models import JobResult, JobStatus
 
@@ -113,12 +118,16 @@ def _remaining(deadline: float | None, pending: set[str], timeout: float | None)
 
 
 class JobWaiter:
-    """A :class:`WaitSet` over one synchronous pub/sub connection. Use as a context manager."""
+    """A :class:`WaitSet` over one synchronous pub/sub connection. Use as a context manager.
 
-    def __init__(self, client: Any, schema: RedisSchema) -> None:
+    ``redis_budget``: seconds of Redis outage ``results`` rides out before BrokerError.
+    """
+
+    def __init__(self, client: Any, schema: RedisSchema, *, redis_budget: float = OUTAGE_BUDGET) -> None:
         self.client = client
         self.set = WaitSet(schema)
         self.pubsub: PubSub = client.pubsub(ignore_subscribe_messages=True)
+        self.redis_budget = redis_budget
 
     def __enter__(self) -> JobWaiter:
         return self
@@ -157,16 +166,44 @@ class JobWaiter:
         return results
 
     def results(self, job_ids: Iterable[str], timeout: float | None) -> Iterator[JobResult]:
-        """Yield each job's result as it ends (any ending); JobTimeout when ``timeout`` passes first."""
+        """Yield each job's result as it ends (any ending); JobTimeout when ``timeout`` passes
+        first; BrokerError when Redis is unreachable longer than ``redis_budget`` seconds."""
         ids = list(dict.fromkeys(job_ids))
         deadline = _deadline(timeout)
-        self.watch(ids)
-        woke = ids
+        self.set.watch(ids)
+        woke: list[str] | None = None  # None: subscribe to every pending job, then read them all
+        down_since: float | None = None
+        pause = 0.05
         while True:
-            yield from self.collect(woke)
-            if not self.pending:
-                return
-            woke = self.poll(_remaining(deadline, self.pending, timeout)) or sorted(self.pending)
+            try:
+                if woke is None:
+                    self._subscribe_pending(fresh=down_since is not None)
+                    woke = sorted(self.pending)
+                found = self.collect(woke)
+                down_since, pause = None, 0.05
+                yield from found
+                if not self.pending:
+                    return
+                woke = self.poll(_remaining(deadline, self.pending, timeout)) or sorted(self.pending)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                if now + pause - down_since > self.redis_budget:
+                    raise BrokerError(f"waiting for {len(self.pending)} job(s): redis unreachable "
+                                      f"for {self.redis_budget:g}s ({type(exc).__name__}: {exc})") from exc
+                time.sleep(pause)
+                pause = min(1.0, pause * 2)
+                woke = None
+            except redis.RedisError as exc:
+                raise BrokerError(f"waiting for jobs: redis error ({type(exc).__name__}: {exc})") from exc
+
+    def _subscribe_pending(self, *, fresh: bool) -> None:
+        """Subscribe to every pending job's channel (on a new connection after an outage)."""
+        if fresh:
+            self.pubsub.close()
+            self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        for channels in self.set.channel_chunks(sorted(self.pending)):
+            self.pubsub.subscribe(*channels)
 
 
 class AsyncJobWaiter:

@@ -31,6 +31,7 @@ class JobScripts(ScriptSet):
     start_job = lua("start_job")
     finish_job = lua("finish_job")
     park_job = lua("park_job")
+    reopen_job = lua("reopen_job")
 
 
 
@@ -144,6 +145,14 @@ class JobStore:
         return bool(self.scripts.park_job(
             keys=[self.schema.job(job_id)], args=[",".join(sorted(excluded)), attempts]
         ))
+
+    def reopen(self, job_id: str) -> int:
+        """Reopen a job that ended because its message was dead-lettered (for a replay).
+
+        Returns 1 when it is open now, 0 when it ended some other way (left alone), -1 when
+        its record is gone.
+        """
+        return int(self.scripts.reopen_job(keys=[self.schema.job(job_id)], args=[]))
 
     def begin_attempt(self, job_id: str, attempts: int) -> None:
         """Record that call number ``attempts`` is about to start.

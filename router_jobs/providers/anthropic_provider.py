@@ -20,6 +20,7 @@ goes to ``output_config.effort``; ``cache_control`` hints go on the blocks they 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -28,7 +29,14 @@ from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
 from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
 from router_jobs.providers._clients import ClientCache
-from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs.providers.base import (
+    ChatRequest,
+    ChatResponse,
+    ChatStream,
+    KeyCredentials,
+    StreamChunk,
+    ToolCallFragment,
+)
 from router_jobs.request import (
     CacheControl,
     FinishReason,
@@ -206,6 +214,22 @@ def anthropic_params(request: ChatRequest) -> dict[str, Any]:
     return params
 
 
+def classify_sdk_error(exc: anthropic.AnthropicError, provider: str, creds: KeyCredentials,
+                       *, streaming: bool = False) -> ProviderError:
+    """The library's error for anything the SDK raised. An ``error`` event mid-stream comes
+    as a status error carrying the HTTP 200 of the stream: it is classified by its type."""
+    secrets = (creds.api_key,)
+    if isinstance(exc, anthropic.APIStatusError):
+        status = None if streaming and exc.status_code < 400 else exc.status_code
+        return em.classify_anthropic(status, em.lower_headers(exc.response.headers), exc.body,
+                                     provider=provider, secrets=secrets, fallback_message=exc.message)
+    if isinstance(exc, anthropic.APITimeoutError):
+        return em.transient(f"request timed out after {creds.timeout}s", provider=provider)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return em.transient(f"connection error: {exc.message}", provider=provider, secrets=secrets)
+    return em.transient(f"unexpected response: {type(exc).__name__}", provider=provider)
+
+
 def _response_parts(message: Any) -> tuple[str, list[ToolCall], list[ProviderPart]]:
     text, calls, kept = [], [], []
     for b in message.content:
@@ -236,24 +260,14 @@ class AnthropicAdapter:
     def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
         """One message; raises a classified, redacted ProviderError on failure."""
         client = self._clients.get(creds)
-        secrets = (creds.api_key,)
         params = anthropic_params(request)
         failure: ProviderError | None = None
         try:
             raw = client.messages.with_raw_response.create(**params)
             headers = em.lower_headers(raw.headers)
             message = raw.parse()
-        except anthropic.APIStatusError as exc:
-            failure = em.classify_anthropic(
-                exc.status_code, em.lower_headers(exc.response.headers), exc.body,
-                provider=self.name, secrets=secrets, fallback_message=exc.message,
-            )
-        except anthropic.APITimeoutError:
-            failure = em.transient(f"request timed out after {creds.timeout}s", provider=self.name)
-        except anthropic.APIConnectionError as exc:
-            failure = em.transient(f"connection error: {exc.message}", provider=self.name, secrets=secrets)
         except anthropic.AnthropicError as exc:
-            failure = em.transient(f"unexpected response: {type(exc).__name__}", provider=self.name)
+            failure = classify_sdk_error(exc, self.name, creds)
         if failure is not None:
             raise failure  # raised outside the except block: no SDK exception in its context
         text, calls, kept = _response_parts(message)
@@ -274,3 +288,78 @@ class AnthropicAdapter:
             refusal=refusal,
             parts=kept,
         )
+
+    def open_stream(self, request: ChatRequest, creds: KeyCredentials) -> ChatStream:
+        """Start a streamed message (``stream=True``: the raw server-sent events)."""
+        client = self._clients.get(creds)
+        failure: ProviderError | None = None
+        try:
+            raw = client.messages.with_raw_response.create(**anthropic_params(request), stream=True)
+            headers = em.lower_headers(raw.headers)
+            stream = raw.parse()
+        except anthropic.AnthropicError as exc:
+            failure = classify_sdk_error(exc, self.name, creds)
+        if failure is not None:
+            raise failure
+        return AnthropicStream(stream, request.model, em.anthropic_rate_limit(headers), self.name, creds)
+
+
+class AnthropicStream:
+    """Events of a streamed message as provider-neutral :class:`StreamChunk` s.
+
+    Input usage arrives in ``message_start``, output usage in ``message_delta``; tool calls
+    are ``tool_use`` blocks whose input streams as ``input_json_delta`` fragments.
+    """
+
+    def __init__(self, stream: Any, model: str, rate_limit: Any, provider: str, creds: KeyCredentials) -> None:
+        self._stream = stream
+        self.model = model
+        self.rate_limit = rate_limit
+        self._provider = provider
+        self._creds = creds
+        self._stopped = False
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        failure: ProviderError | None = None
+        stopped = False
+        try:
+            yield from self._chunks()
+            stopped = True
+        except anthropic.AnthropicError as exc:
+            failure = classify_sdk_error(exc, self._provider, self._creds, streaming=True)
+        if failure is not None:
+            raise failure  # raised outside the except block: no SDK exception in its context
+        if stopped and not self._stopped:
+            raise em.transient(f"{self._provider}: the stream ended before the answer did", provider=self._provider)
+
+    def _chunks(self) -> Iterator[StreamChunk]:
+        self._stopped = False
+        start_usage: Any = None
+        tools: dict[int, int] = {}  # content block index -> tool call index
+        for event in self._stream:
+            kind = getattr(event, "type", "")
+            if kind == "message_start":
+                self.model = str(event.message.model or self.model)
+                start_usage = event.message.usage
+            elif kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
+                tools[event.index] = len(tools)
+                block = event.content_block
+                yield StreamChunk(tool_call=ToolCallFragment(index=tools[event.index], id=block.id, name=block.name))
+            elif kind == "content_block_delta":
+                delta = event.delta
+                if delta.type == "text_delta" and delta.text:
+                    yield StreamChunk(text=delta.text)
+                elif delta.type == "input_json_delta" and event.index in tools:
+                    yield StreamChunk(tool_call=ToolCallFragment(index=tools[event.index],
+                                                                 arguments=delta.partial_json))
+            elif kind == "message_delta":
+                usage = _usage(start_usage)
+                out = int(getattr(event.usage, "output_tokens", 0) or 0)
+                yield StreamChunk(usage=usage.model_copy(update={"output_tokens": out}),
+                                  finish_reason=event.delta.stop_reason)
+            elif kind == "message_stop":
+                self._stopped = True
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self._stream.close()

@@ -8,6 +8,7 @@ its rate limits. Every failure is raised as a subclass of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -121,5 +122,55 @@ class ProviderAdapter(Protocol):
         """Call the provider once; raise a ProviderError subclass on failure."""
         ...
 
+    # Adapters that stream also offer ``open_stream(request, creds) -> ChatStream`` (see
+    # :class:`StreamingAdapter`); the worker falls back to ``complete`` for those that do not.
     # Adapters with per-key clients also offer ``prepare(creds)``: build the key's client
     # ahead of its first call (worker warm-up). It is optional, so not part of the protocol.
+
+
+@dataclass(frozen=True)
+class ToolCallFragment:
+    """A piece of one tool call as it streams in: ``index`` tells the calls apart; ``id`` and
+    ``name`` come with the first piece, ``arguments`` is the next fragment of the JSON text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """One provider-neutral piece of a streamed answer (any of its fields may be set)."""
+
+    text: str = ""
+    tool_call: ToolCallFragment | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    refusal: str = ""  # a piece of the model's refusal message (OpenAI streams it apart)
+
+
+class ChatStream(Protocol):
+    """An answer being streamed: the HTTP call already succeeded when this exists.
+
+    Iterating yields :class:`StreamChunk` s; a failure mid-stream (an error event, a cut
+    connection, an answer that stops without a finish reason) is raised as a classified
+    :class:`~router_jobs.errors.ProviderError`, like a failed call.
+    """
+
+    model: str
+    rate_limit: RateLimitInfo | None
+
+    def __iter__(self) -> Iterator[StreamChunk]: ...
+
+    def close(self) -> None:
+        """Drop the connection (the consumer stopped early)."""
+        ...
+
+
+class StreamingAdapter(ProviderAdapter, Protocol):
+    """An adapter that can also stream an answer through its SDK (SDK retries off)."""
+
+    def open_stream(self, request: ChatRequest, creds: KeyCredentials) -> ChatStream:
+        """Start a streamed call; raise a ProviderError subclass if the call is refused."""
+        ...

@@ -7,7 +7,8 @@ estimate. Directives inside the prompt steer it, so tests can drive every worker
 * ``[[fail:<error_type>]]`` raise that error class (``rate_limited``, ``key_invalid``,
   ``quota_exhausted``, ``bad_request``, ``request_too_large``, ``transient``, ``overloaded``,
   ``content_blocked``);
-* ``[[crash]]`` end the whole worker process at once (for dead-letter tests).
+* ``[[crash]]`` end the whole worker process at once (for dead-letter tests);
+* ``[[raise]]`` raise an unexpected (unclassified) exception, as a buggy adapter would.
 
 With tools it plays a deterministic agent (:func:`fake_turn`, shared with the fake HTTP
 servers of :mod:`fakeproviders`): after a user message it calls the tools (the named one,
@@ -31,7 +32,7 @@ from router_jobs.models import Usage
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
 from router_jobs.request import NamedToolChoice, ToolCall
 
-_DIRECTIVE = re.compile(r"\[\[(sleep|fail|crash)(?::([^\]]+))?\]\]")
+_DIRECTIVE = re.compile(r"\[\[(sleep|fail|crash|raise)(?::([^\]]+))?\]\]")
 
 _ERRORS: dict[str, type[errors.ProviderError]] = {
     cls.error_type: cls
@@ -108,6 +109,8 @@ class FakeAdapter:
                 time.sleep(float(arg or 0))
             elif kind == "crash":
                 os._exit(17)
+            elif kind == "raise":
+                raise RuntimeError("fake provider hit an unexpected bug")
             elif kind == "fail":
                 cls = _ERRORS.get(arg or "", errors.TransientProviderError)
                 retry_after = 1.0 if cls is errors.ProviderRateLimited else None

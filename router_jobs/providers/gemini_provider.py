@@ -32,6 +32,7 @@ import binascii
 import importlib
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from google import genai
@@ -42,7 +43,15 @@ from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
 from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
 from router_jobs.providers._clients import ClientCache
-from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs.providers.base import (
+    ChatRequest,
+    ChatResponse,
+    ChatStream,
+    KeyCredentials,
+    RateLimitInfo,
+    StreamChunk,
+    ToolCallFragment,
+)
 from router_jobs.request import FinishReason, ImagePart, NamedToolChoice, ProviderPart, TextPart, ToolCall
 
 # The SDK runs on httpx or on httpx2, whichever the installation resolved: catch both.
@@ -55,6 +64,8 @@ for _name in ("httpx", "httpx2"):
         continue
     _TIMEOUTS += (_http.TimeoutException,)
     _TRANSPORT += (_http.TransportError,)
+
+_SDK_ERRORS: tuple[type[BaseException], ...] = (genai_errors.APIError, *_TIMEOUTS, *_TRANSPORT)
 
 _BLOCKING_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 
@@ -240,6 +251,17 @@ def _finish(finish: str | None) -> FinishReason:
     return "other"
 
 
+def classify_sdk_error(exc: BaseException, provider: str, creds: KeyCredentials) -> ProviderError:
+    """The library's error for what the SDK raised (an error chunk mid-stream included)."""
+    if isinstance(exc, genai_errors.APIError):
+        headers = em.lower_headers(getattr(exc.response, "headers", None))
+        return em.classify_gemini(int(exc.code or 0), headers, exc.details, provider=provider,
+                                  secrets=(creds.api_key,), fallback_message=str(exc.message or ""))
+    if isinstance(exc, _TIMEOUTS):
+        return em.transient(f"request timed out after {creds.timeout}s", provider=provider)
+    return em.transient(f"connection error: {type(exc).__name__}", provider=provider)
+
+
 class GeminiAdapter:
     """generateContent through the official ``google-genai`` SDK."""
 
@@ -257,24 +279,30 @@ class GeminiAdapter:
     def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
         """One generateContent call; raises a classified, redacted ProviderError on failure."""
         client = self._clients.get(creds)
-        secrets = (creds.api_key,)
         contents, config = gemini_request(request)
         failure: ProviderError | None = None
         try:
             resp = client.models.generate_content(model=request.model, contents=contents, config=config)
-        except genai_errors.APIError as exc:
-            headers = em.lower_headers(getattr(exc.response, "headers", None))
-            failure = em.classify_gemini(
-                int(exc.code or 0), headers, exc.details, provider=self.name, secrets=secrets,
-                fallback_message=str(exc.message or ""),
-            )
-        except _TIMEOUTS:
-            failure = em.transient(f"request timed out after {creds.timeout}s", provider=self.name)
-        except _TRANSPORT as exc:
-            failure = em.transient(f"connection error: {type(exc).__name__}", provider=self.name)
+        except _SDK_ERRORS as exc:
+            failure = classify_sdk_error(exc, self.name, creds)
         if failure is not None:
             raise failure  # raised outside the except block: no SDK exception in its context
         return self._response(resp, request)
+
+    def open_stream(self, request: ChatRequest, creds: KeyCredentials) -> ChatStream:
+        """Start ``streamGenerateContent``; the first chunk is read here, so a refused call
+        raises now, as ``complete`` would."""
+        client = self._clients.get(creds)
+        contents, config = gemini_request(request)
+        failure: ProviderError | None = None
+        try:
+            chunks = client.models.generate_content_stream(model=request.model, contents=contents, config=config)
+            first = next(chunks, None)
+        except _SDK_ERRORS as exc:
+            failure = classify_sdk_error(exc, self.name, creds)
+        if failure is not None:
+            raise failure
+        return GeminiStream(chunks, first, request.model, self.name, creds)
 
     def _response(self, resp: types.GenerateContentResponse, request: ChatRequest) -> ChatResponse:
         feedback = resp.prompt_feedback
@@ -309,3 +337,63 @@ class GeminiAdapter:
             tool_calls=calls,
             parts=signed,
         )
+
+
+class GeminiStream:
+    """Chunks of ``streamGenerateContent`` as provider-neutral :class:`StreamChunk` s.
+
+    Gemini sends a function call whole, in one part: it becomes one tool-call fragment
+    holding all of its arguments. Each chunk's usage is the total so far; the last one counts.
+    """
+
+    def __init__(self, chunks: Iterator[types.GenerateContentResponse], first: types.GenerateContentResponse | None,
+                 model: str, provider: str, creds: KeyCredentials) -> None:
+        self._chunks = chunks
+        self._first = first
+        self.model = model
+        self.rate_limit: RateLimitInfo | None = None  # the Gemini API sends no rate-limit headers
+        self._provider = provider
+        self._creds = creds
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        failure: ProviderError | None = None
+        finished = False
+        calls = 0
+        try:
+            chunk = self._first
+            while chunk is not None:
+                feedback = chunk.prompt_feedback
+                if feedback is not None and feedback.block_reason:
+                    reason = getattr(feedback.block_reason, "value", str(feedback.block_reason))
+                    raise ContentBlocked(f"{self._provider}: prompt blocked ({reason})", provider=self._provider,
+                                         status=200)
+                if chunk.model_version:
+                    self.model = str(chunk.model_version)
+                cand = chunk.candidates[0] if chunk.candidates else None
+                for part in ((cand.content.parts if cand and cand.content else None) or []):
+                    if part.text and not part.thought:
+                        yield StreamChunk(text=part.text)
+                    if part.function_call is not None:
+                        fc = part.function_call
+                        yield StreamChunk(tool_call=ToolCallFragment(
+                            index=calls, id=fc.id or f"call_{uuid.uuid4().hex[:24]}", name=fc.name,
+                            arguments=json.dumps(fc.args or {})))
+                        calls += 1
+                if chunk.usage_metadata is not None:
+                    yield StreamChunk(usage=_usage(chunk.usage_metadata))
+                if cand is not None and cand.finish_reason is not None:
+                    finished = True
+                    yield StreamChunk(finish_reason=getattr(cand.finish_reason, "value", str(cand.finish_reason)))
+                chunk = next(self._chunks, None)
+        except _SDK_ERRORS as exc:
+            failure = classify_sdk_error(exc, self._provider, self._creds)
+        if failure is not None:
+            raise failure  # raised outside the except block: no SDK exception in its context
+        if not finished:
+            raise em.transient(f"{self._provider}: the stream ended before the answer did", provider=self._provider)
+
+    def close(self) -> None:
+        """Drop the connection (the SDK's generator closes its response)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()

@@ -15,6 +15,7 @@ as a ``data:`` URL), tool calls and ``tool`` messages keep their ids, a failed t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -23,7 +24,14 @@ from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
 from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
 from router_jobs.providers._clients import ClientCache
-from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials
+from router_jobs.providers.base import (
+    ChatRequest,
+    ChatResponse,
+    ChatStream,
+    KeyCredentials,
+    StreamChunk,
+    ToolCallFragment,
+)
 from router_jobs.request import FinishReason, ImagePart, NamedToolChoice, ProviderPart, TextPart, ToolCall
 
 #: the tool-result prefix that stands in for Anthropic's ``is_error`` flag
@@ -52,6 +60,33 @@ def _usage(raw: Any) -> Usage:
         cached_tokens=int(getattr(ptd, "cached_tokens", 0) or 0) if ptd else 0,
         reasoning_tokens=int(getattr(ctd, "reasoning_tokens", 0) or 0) if ctd else 0,
     )
+
+
+def classify_sdk_error(exc: openai.OpenAIError, provider: str, creds: KeyCredentials) -> ProviderError:
+    """The library's error for anything the SDK raised, before or during a stream."""
+    secrets = (creds.api_key,)
+    if isinstance(exc, openai.APIStatusError):
+        return em.classify_openai(exc.status_code, em.lower_headers(exc.response.headers), exc.body,
+                                  provider=provider, secrets=secrets, fallback_message=exc.message)
+    if isinstance(exc, openai.APITimeoutError):
+        return em.transient(f"request timed out after {creds.timeout}s", provider=provider)
+    if isinstance(exc, openai.APIConnectionError):
+        return em.transient(f"connection error: {exc.message}", provider=provider, secrets=secrets)
+    if isinstance(exc, openai.APIError) and isinstance(exc.body, dict):
+        # an error chunk mid-stream (HTTP status was 200): its type says what happened
+        return em.classify_openai(stream_error_status(exc.body), {}, {"error": exc.body}, provider=provider,
+                                  secrets=secrets, fallback_message=exc.message)
+    return em.transient(f"unexpected response: {type(exc).__name__}", provider=provider)
+
+
+def stream_error_status(err: dict[str, Any]) -> int:
+    """The HTTP status an error chunk's ``type``/``code`` stands for (it arrives after a 200)."""
+    kind = f"{err.get('type') or ''} {err.get('code') or ''}"
+    if "insufficient_quota" in kind or "rate_limit" in kind or err.get("type") in ("tokens", "requests"):
+        return 429
+    if "invalid_request" in kind or "context_length" in kind:
+        return 400
+    return 500
 
 
 def _part(part: TextPart | ImagePart | ProviderPart, where: str) -> dict[str, Any] | None:
@@ -169,24 +204,14 @@ class OpenAIAdapter:
     def complete(self, request: ChatRequest, creds: KeyCredentials) -> ChatResponse:
         """One chat completion; raises a classified, redacted ProviderError on failure."""
         client = self._clients.get(creds)
-        secrets = (creds.api_key,)
         params = self._params(request)
         failure: ProviderError | None = None
         try:
             raw = client.chat.completions.with_raw_response.create(**params)
             headers = em.lower_headers(raw.headers)
             completion = raw.parse()
-        except openai.APIStatusError as exc:
-            failure = em.classify_openai(
-                exc.status_code, em.lower_headers(exc.response.headers), exc.body,
-                provider=self.name, secrets=secrets, fallback_message=exc.message,
-            )
-        except openai.APITimeoutError:
-            failure = em.transient(f"request timed out after {creds.timeout}s", provider=self.name)
-        except openai.APIConnectionError as exc:
-            failure = em.transient(f"connection error: {exc.message}", provider=self.name, secrets=secrets)
         except openai.OpenAIError as exc:
-            failure = em.transient(f"unexpected response: {type(exc).__name__}", provider=self.name)
+            failure = classify_sdk_error(exc, self.name, creds)
         if failure is not None:
             raise failure  # raised outside the except block: no SDK exception in its context
         if not completion.choices:
@@ -210,3 +235,63 @@ class OpenAIAdapter:
             tool_calls=calls,
             refusal=refusal,
         )
+
+    def open_stream(self, request: ChatRequest, creds: KeyCredentials) -> ChatStream:
+        """Start a streamed chat completion (usage included in its last chunk)."""
+        client = self._clients.get(creds)
+        params = {**self._params(request), "stream": True, "stream_options": {"include_usage": True}}
+        failure: ProviderError | None = None
+        try:
+            raw = client.chat.completions.with_raw_response.create(**params)
+            headers = em.lower_headers(raw.headers)
+            stream = raw.parse()
+        except openai.OpenAIError as exc:
+            failure = classify_sdk_error(exc, self.name, creds)
+        if failure is not None:
+            raise failure
+        return OpenAIStream(stream, request.model, em.openai_rate_limit(headers), self.name, creds)
+
+
+class OpenAIStream:
+    """Chunks of a streamed chat completion, as provider-neutral :class:`StreamChunk` s."""
+
+    def __init__(self, stream: Any, model: str, rate_limit: Any, provider: str, creds: KeyCredentials) -> None:
+        self._stream = stream
+        self.model = model
+        self.rate_limit = rate_limit
+        self._provider = provider
+        self._creds = creds
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        finished = False
+        failure: ProviderError | None = None
+        try:
+            for chunk in self._stream:
+                if chunk.model:
+                    self.model = str(chunk.model)
+                if chunk.usage is not None:
+                    yield StreamChunk(usage=_usage(chunk.usage))
+                for choice in chunk.choices[:1]:
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        yield StreamChunk(text=delta.content)
+                    if delta is not None and getattr(delta, "refusal", None):
+                        yield StreamChunk(refusal=delta.refusal)
+                    for tc in (delta.tool_calls or []) if delta is not None else []:
+                        fn = tc.function
+                        yield StreamChunk(tool_call=ToolCallFragment(
+                            index=tc.index, id=tc.id, name=fn.name if fn else None,
+                            arguments=(fn.arguments or "") if fn else ""))
+                    if choice.finish_reason:
+                        finished = True
+                        yield StreamChunk(finish_reason=choice.finish_reason)
+        except openai.OpenAIError as exc:
+            failure = classify_sdk_error(exc, self._provider, self._creds)
+        if failure is not None:
+            raise failure  # raised outside the except block: no SDK exception in its context
+        if not finished:
+            raise em.transient(f"{self._provider}: the stream ended before the answer did", provider=self._provider)
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self._stream.close()

@@ -11,8 +11,11 @@ from router_jobs.broker.wire import ACTOR_FOR_QUEUE, PRIORITY_FOR_QUEUE
 from router_jobs.worker.context import executor
 from router_jobs.worker.setup import broker
 
-#: A job's own retries are decided by the executor; Dramatiq only retries unexpected crashes.
-ACTOR_OPTIONS: dict[str, Any] = {"max_retries": 3, "time_limit": 15 * 60 * 1000}
+#: A job's own retries are decided by the executor; Dramatiq only retries unexpected crashes,
+#: three times within seconds (1 s, 2 s, 4 s backoff), after which the job ends ``failed``
+#: (``dead_lettered``, see ``endings.py``) instead of keeping its awaiters for minutes.
+ACTOR_OPTIONS: dict[str, Any] = {"max_retries": 3, "min_backoff": 1000, "max_backoff": 10_000,
+                                 "time_limit": 15 * 60 * 1000}
 
 
 def _run(job_id: str, queue: str) -> None:

@@ -25,7 +25,9 @@ from router_jobs.providers import get_adapter
 from router_jobs.providers.base import KeyCredentials
 from router_jobs.secrets.redaction import install_log_redaction
 from router_jobs.secrets.stores import build_secret_store
+from router_jobs.streaming.log import EventLog
 from router_jobs.tokens import estimate_tokens
+from router_jobs.worker.endings import JobEndings
 from router_jobs.worker.executor import Executor
 from router_jobs.worker.middleware import install_worker_metrics
 from router_jobs.worker.setup import broker, settings
@@ -82,6 +84,7 @@ def build_executor() -> Executor:
         budgets=Budgets(client, ks),
         key_cost=costs.get,
         scheduler=scheduler,
+        events=EventLog(client, ks, ttl_seconds=settings.stream_ttl_seconds, maxlen=settings.stream_maxlen),
     )
 
 
@@ -130,3 +133,4 @@ def executor() -> Executor:
 
 
 broker.add_middleware(WarmUp())
+broker.add_middleware(JobEndings(lambda: executor().abandon))

@@ -34,6 +34,8 @@ from router_jobs.jobs.records import JobStore, StartedJob, job_message
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
+from router_jobs.streaming.live import LiveAttempt, ending_event, waiting_event
+from router_jobs.streaming.log import EventLog
 from router_jobs.tokens import estimate_extra_tokens
 
 log = logging.getLogger("router_jobs.worker")
@@ -98,6 +100,7 @@ class Executor:
     budgets: Budgets | None = None
     key_cost: Callable[[str], Cost | None] | None = None
     scheduler: Scheduler | None = None
+    events: EventLog | None = None  # where jobs submitted with stream=True stream their answer
     _next_revalidate: float = 0.0
 
     def revalidate_keys(self) -> list[str]:
@@ -181,6 +184,37 @@ class Executor:
             return self._wait(job, queue, decision, defer, request.reservation_id, max_wait_left)
         return self._call(job, queue, decision, messages, defer)
 
+    def abandon(self, job_id: str, queue: str, error_type: str, reason: str) -> bool:
+        """End a job whose message leaves the broker for good (dead-lettered) as ``failed``
+        with ``reason``, exactly once, waking its awaiters; release its conversation turn.
+
+        Returns True when this call ended the job (False: it had ended, or is gone).
+        """
+        current = self.jobs.get(job_id)
+        if current is None or current.status.terminal:
+            return False
+        spec = self.jobs.spec(job_id)
+        redactor = getattr(self.secrets, "redactor", None)
+        if redactor is not None:
+            reason = redactor.redact(reason)
+        started_at = current.started_at
+        result = JobResult(
+            job_id=job_id, status=JobStatus.failed, attempts=current.attempts,
+            queued_at=current.queued_at, started_at=started_at, finished_at=time.time(),
+            queue_wait=(max(0.0, started_at - current.queued_at)
+                        if started_at is not None and current.queued_at is not None else None),
+            error_type=error_type, error_message=reason,
+            conversation_id=current.conversation_id, metadata=current.metadata,
+        )
+        ended = self.jobs.finish(result, queue=queue) == 1
+        if spec is not None:
+            if ended:
+                self.observer.job_finished(spec, result)
+            if self.chat is not None:
+                self.chat.finish(spec)
+        log.warning("job %s ended %s: %s", job_id, error_type, reason)
+        return ended
+
     # -- steps ------------------------------------------------------------------------------
     def _drop_admission(self, job_id: str) -> None:
         """A job that will not run gives back an admission it may hold."""
@@ -212,6 +246,7 @@ class Executor:
             return self._end(job, queue, JobStatus.expired, "expired",
                              f"no key had room before the deadline ({wait.reason})")
         self.jobs.park(job.job_id, attempts=job.attempts, excluded=job.excluded)
+        self._state(job, "waiting for capacity", delay)  # before the job can be taken up again
         defer(delay)
         self.observer.job_deferred(spec, delay, wait.reason)
         return "deferred"
@@ -238,10 +273,19 @@ class Executor:
             return self._end(job, queue, JobStatus.failed, "provider_unavailable", str(exc),
                              attempts=job.attempts, grant=grant)
         self.jobs.begin_attempt(job.job_id, attempts)
+        live = LiveAttempt.begin(self.events, job.job_id, attempts) if spec.stream and self.events else None
         started = time.monotonic()
         try:
-            response = adapter.complete(call, creds)
+            if live is not None:
+                response = live.run(adapter, call, creds, grant.provider)
+            else:
+                response = adapter.complete(call, creds)
         except errors.ProviderError as exc:
+            if live is not None:
+                if exc.retryable and attempts < self.max_attempts:
+                    live.abandon(exc)
+                else:
+                    live.close()
             seconds = time.monotonic() - started
             self.pool.settle(grant, None)
             self.pool.report_error(grant, exc, secret_fingerprint=_fingerprint(api_key))
@@ -258,6 +302,11 @@ class Executor:
             excluded = job.excluded | {grant.key_id} if isinstance(exc, errors.KeyInvalid) else job.excluded
             delay = 0 if exc.key_fault else backoff_ms(attempts)
             return self._retry(job, queue, attempts, excluded, delay, defer, exc.error_type, str(exc), grant)
+        except Exception:
+            # an adapter bug: free the estimate, then let Dramatiq's retries (and, once they
+            # are exhausted, the dead-letter ending) take over
+            self.pool.settle(grant, None)
+            raise
         seconds = time.monotonic() - started
         self.pool.settle(grant, response.usage)
         if self.scheduler is not None:  # refunded tokens and the released lease may admit others
@@ -285,9 +334,14 @@ class Executor:
         if delay == 0 and self.scheduler is not None:
             return self._wait_in_line(job, queue, 0, attempts, excluded, head=True, reason=error_type)
         self.jobs.park(job.job_id, attempts=attempts, excluded=excluded)
+        self._state(job, f"retrying after {error_type}", delay)  # before the job can be taken up again
         defer(delay)
         self.observer.job_deferred(job.spec, delay, error_type)
         return "deferred"
+
+    def _state(self, job: StartedJob, reason: str, eta_ms: int) -> None:
+        if job.spec.stream and self.events is not None:
+            self.events.append(job.job_id, [waiting_event(reason, eta_ms)])
 
     def _end(self, job: StartedJob, queue: str, status: JobStatus, error_type: str | None,
              error_message: str | None, *, attempts: int | None = None, grant: Grant | None = None,
@@ -318,6 +372,8 @@ class Executor:
             metadata=spec.metadata,
         )
         if self.jobs.finish(result, queue=queue) == 1:
+            if spec.stream and self.events is not None:  # after the record: readers fall back to it
+                self.events.append(job.job_id, [ending_event(result)])
             self.observer.job_finished(spec, result)
         if self.chat is not None:
             self.chat.finish(spec)

@@ -1,23 +1,17 @@
--- Move dead-lettered entries back onto their queue: each entry's message is added to the
--- queue's stream as a fresh entry and removed from the dead-letter stream, in one step.
+-- Move dead-lettered entries back onto their queue: each entry's (re-encoded) message is added
+-- to the queue's stream as a fresh entry and the entry removed from the dead-letter stream, in
+-- one step. An id no longer in the dead-letter stream is skipped (replayed or purged already).
 -- KEYS[1]  the queue's dead-letter stream
 -- KEYS[2]  the queue's stream
--- ARGV     dead-letter entry ids to replay
--- Returns the number of entries replayed (ids not found, or without a message, are skipped).
+-- ARGV     pairs of (dead-letter entry id, encoded message to enqueue)
+-- Returns the number of entries replayed.
 local n = 0
-for i = 1, #ARGV do
+for i = 1, #ARGV, 2 do
   local rows = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
   if #rows == 1 then
-    local fields = rows[1][2]
-    local data = nil
-    for j = 1, #fields, 2 do
-      if fields[j] == 'm' then data = fields[j + 1] end
-    end
-    if data then
-      redis.call('XADD', KEYS[2], '*', 'm', data)
-      redis.call('XDEL', KEYS[1], ARGV[i])
-      n = n + 1
-    end
+    redis.call('XADD', KEYS[2], '*', 'm', ARGV[i + 1])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    n = n + 1
   end
 end
 return n

@@ -1,0 +1,47 @@
+"""Worker processes die with the process that started them.
+
+``routerctl worker`` runs the Dramatiq pool as a child; if the supervisor is killed outright
+(SIGKILL, OOM killer), nobody would watch the pool, yet it would go on consuming. On Linux
+the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG)``) sends the child a signal the
+moment its parent dies; SIGTERM keeps the stop graceful (prefetched messages are handed
+back). Elsewhere a watchdog thread polls the parent pid once a second to the same effect.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM, parent_pid: int | None = None) -> str:
+    """Have ``sig`` sent to this process when its parent dies; returns the means used.
+
+    ``parent_pid`` is the parent expected (default: the current one); if it is gone already
+    (it died before this call), ``sig`` is sent at once. Safe in a ``preexec_fn``.
+    """
+    expected = os.getppid() if parent_pid is None else parent_pid
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}")
+        means = "pdeathsig"
+    else:
+        threading.Thread(target=_watch_parent, args=(expected, sig), daemon=True,
+                         name="parent-watchdog").start()
+        means = "watchdog"
+    if os.getppid() != expected:
+        os.kill(os.getpid(), sig)
+    return means
+
+
+def _watch_parent(parent_pid: int, sig: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os.kill(os.getpid(), sig)
