@@ -213,6 +213,10 @@ class Scheduler:
         """:meth:`remove` as a rule (sync or asyncio client)."""
         return self._run_steps("remove", list(job_ids))
 
+    def settled(self, job_ids: Iterable[str]) -> Admission:
+        """After a job's call was settled: forget its grant and admit what the freed room allows."""
+        return self._run("settled", list(job_ids))
+
     def admit(self, *, force: bool = False) -> Admission:
         """Admit heads of line while keys have room. Without ``force`` the step returns at
         once when the last one said no room could exist yet."""

@@ -216,6 +216,11 @@ class Executor:
         return ended
 
     # -- steps ------------------------------------------------------------------------------
+    def _settled(self, job_id: str) -> None:
+        """The job's reservation was settled: its grant is forgotten, freed room admits others."""
+        if self.scheduler is not None:
+            self.scheduler.settled([job_id])
+
     def _drop_admission(self, job_id: str) -> None:
         """A job that will not run gives back an admission it may hold."""
         if self.scheduler is not None:
@@ -231,6 +236,7 @@ class Executor:
         if input_tokens <= 0:
             input_tokens = self.estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
                 spec.tools, spec.output_format(), spec.model)
+        self._state(job, reason, None)  # before the job can be admitted and taken up again
         self.scheduler.enqueue([demand_of(job, queue, input_tokens, excluded)], head=head)
         self.observer.job_deferred(spec, 0, reason)
         return "deferred"
@@ -259,6 +265,7 @@ class Executor:
             api_key = self.secrets.get(grant.key_id)
         except errors.SecretStoreError as exc:
             self.pool.settle(grant, None)
+            self._settled(job.job_id)
             log.error("job %s: no secret for key %s: %s", job.job_id, grant.key_id, exc)
             # counts as an attempt: the settled reservation id must not be reused
             return self._retry(job, queue, attempts, job.excluded | {grant.key_id}, 0, defer,
@@ -269,6 +276,7 @@ class Executor:
             adapter = self.adapter_for(grant.provider)
         except errors.ConfigError as exc:  # e.g. the provider's SDK is not installed
             self.pool.settle(grant, None)
+            self._settled(job.job_id)
             log.error("job %s: provider %s unavailable: %s", job.job_id, grant.provider, exc)
             return self._end(job, queue, JobStatus.failed, "provider_unavailable", str(exc),
                              attempts=job.attempts, grant=grant)
@@ -288,6 +296,7 @@ class Executor:
                     live.close()
             seconds = time.monotonic() - started
             self.pool.settle(grant, None)
+            self._settled(job.job_id)
             self.pool.report_error(grant, exc, secret_fingerprint=_fingerprint(api_key))
             self.observer.provider_call(grant, seconds, exc, None)
             log.info("job %s: %s on key %s (attempt %d): %s", job.job_id, exc.error_type, grant.key_id,
@@ -306,11 +315,12 @@ class Executor:
             # an adapter bug: free the estimate, then let Dramatiq's retries (and, once they
             # are exhausted, the dead-letter ending) take over
             self.pool.settle(grant, None)
+            self._settled(job.job_id)
             raise
         seconds = time.monotonic() - started
         self.pool.settle(grant, response.usage)
         if self.scheduler is not None:  # refunded tokens and the released lease may admit others
-            self.scheduler.admit(force=True)
+            self.scheduler.settled([job.job_id])
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)
         self.observer.provider_call(grant, seconds, None, response.usage)
         if self.chat is not None:
@@ -339,7 +349,7 @@ class Executor:
         self.observer.job_deferred(job.spec, delay, error_type)
         return "deferred"
 
-    def _state(self, job: StartedJob, reason: str, eta_ms: int) -> None:
+    def _state(self, job: StartedJob, reason: str, eta_ms: int | None) -> None:
         if job.spec.stream and self.events is not None:
             self.events.append(job.job_id, [waiting_event(reason, eta_ms)])
 

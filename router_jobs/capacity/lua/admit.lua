@@ -12,12 +12,13 @@
 -- KEYS[15] stream of the 'interactive' queue     KEYS[16] stream of the 'batch' queue
 -- KEYS[17..] per pool model, in ARGV order: free zset, line zset (lex members
 --            "<class>\31<tag 15 digits>\31<seq 12 digits>\31<job id>")
--- ARGV[1] op: 'admit' (only when due), 'force', 'enqueue', 'remove'
+-- ARGV[1] op: 'admit' (only when due), 'force', 'enqueue', 'remove', 'settled'
 -- ARGV[2] margin ms   ARGV[3] lease grace ms   ARGV[4] record keep ms   ARGV[5] concurrency poll ms
 -- ARGV[6] share of each key held for interactive work while interactive jobs arrive (0..1)
 -- ARGV[7] how long (ms) after the last interactive arrival that share stays held
 -- ARGV[8] most admissions in this call   ARGV[9] number of models M   ARGV[10..9+M] models
--- ARGV[10+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids
+-- ARGV[10+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids;
+--              settled: job ids whose reservation was settled (their grant is forgotten)
 -- Returns {admitted, ms until the next admission may succeed (-1: lines empty), jobs in line}.
 
 local tm = redis.call('TIME')
@@ -48,10 +49,22 @@ local function job_of(mem) return string.match(mem, '([^\31]+)$') end
 sweep()
 
 -- ---------------------------------------------------------------- enqueue / remove
-if op == 'enqueue' then
+-- a grant whose reservation is settled (or gone) is forgotten
+local function forget_settled(id)
+  local rid = redis.call('HGET', KEYS[13], id)
+  if not rid or string.sub(rid, 1, 1) == '!' then return end
+  local raw = redis.call('HGET', KEYS[6], rid)
+  if not raw or cjson.decode(raw).s == 'd' then redis.call('HDEL', KEYS[13], id) end
+end
+
+if op == 'settled' then
+  for i = 10 + M, #ARGV do forget_settled(ARGV[i]) end
+  op = 'force'
+elseif op == 'enqueue' then
   local head = ARGV[10 + M] == '1'
   for i = 11 + M, #ARGV do
     local d = cjson.decode(ARGV[i])
+    forget_settled(d.id)
     local ln = lane_of[d.l]
     if not ln and redis.call('HEXISTS', KEYS[13], d.id) == 0 then
       -- no key of the pool serves the job's model: hand it over to fail with the reason

@@ -3,7 +3,9 @@
 -- if the key still has room at this moment; otherwise the job goes back to its line.
 --
 -- KEYS[1..10]  spec, gspec, state, log, sums, res, rexp, lease, inflight, stats (as reserve.lua)
--- KEYS[11] grants  hash  job id -> reservation id ('!'..reason: refused for good)
+-- KEYS[11] grants  hash  job id -> reservation id ('!'..reason: refused for good); kept
+--                        after the claim until the reservation is settled (a redelivery
+--                        after a worker died runs on the same reservation)
 -- KEYS[12..] free zsets of the pool's models (a key whose room came back is looked at again)
 -- ARGV[1] job id   ARGV[2] margin ms   ARGV[3] lease grace ms   ARGV[4] record keep ms
 -- ARGV[5] concurrency poll ms
@@ -19,6 +21,7 @@ local margin, grace, keep, cpoll = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumbe
 
 local rid_of_rec = ''
 local function lost(rec, why)
+  redis.call('HDEL', KEYS[11], id)
   rec.s = 'd'
   redis.call('HSET', KEYS[6], rid_of_rec, cjson.encode(rec))
   for i = 12, #KEYS do redis.call('ZADD', KEYS[i], 'XX', 'LT', now, rec.k) end
@@ -38,9 +41,12 @@ if not raw then
 end
 local rec = cjson.decode(raw)
 rid_of_rec = rid
+-- claimed before and not settled: a redelivery after its worker died keeps its reservation
 if rec.s == 'g' then return {'g', rec.k, rec.m, rid, tostring(rec.t)} end
-redis.call('HDEL', KEYS[11], id)
-if rec.s ~= 'a' then return {'n'} end
+if rec.s ~= 'a' then
+  redis.call('HDEL', KEYS[11], id)
+  return {'n'}
+end
 local spec_raw = redis.call('HGET', KEYS[1], rec.k)
 if not spec_raw then
   remove_entries(rec, rid)
