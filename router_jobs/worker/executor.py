@@ -312,10 +312,12 @@ class Executor:
             delay = 0 if exc.key_fault else backoff_ms(attempts)
             return self._retry(job, queue, attempts, excluded, delay, defer, exc.error_type, str(exc), grant)
         except Exception:
-            # an adapter bug: free the estimate, then let Dramatiq's retries (and, once they
-            # are exhausted, the dead-letter ending) take over
-            self.pool.settle(grant, None)
-            self._settled(job.job_id)
+            # an adapter bug: let Dramatiq's retries (and, once they are exhausted, the
+            # dead-letter ending) take over. With the scheduler the reservation stays for the
+            # retry, which claims the same one (a settled one would send the job back to the
+            # line as a fresh message, and the retries would never run out)
+            if self.scheduler is None:
+                self.pool.settle(grant, None)
             raise
         seconds = time.monotonic() - started
         self.pool.settle(grant, response.usage)
