@@ -1,5 +1,6 @@
 # The router-jobs application image: workers (`routerctl worker`), the metrics exporter
-# (`routerctl metrics serve`) and the demo's fake provider all run from it.
+# (`routerctl metrics serve`), the HTTP gateway (`routerctl serve`) and the demo's fake provider
+# all run from it.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,10 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . /app
-RUN pip install ".[providers,vault,aws]" \
+RUN pip install ".[providers,vault,aws,gateway]" \
     && useradd --system --uid 10001 --home /app app \
     && mkdir -p /run/rj-metrics && chown app /run/rj-metrics
 
 USER app
-EXPOSE 9464 9465
+EXPOSE 8000 9464 9465
 CMD ["routerctl", "--help"]

@@ -122,10 +122,12 @@ from cli import demo as _demo  # noqa: E402
 from cli import jobs as _jobs  # noqa: E402
 from cli import keys as _keys  # noqa: E402
 from cli import ops as _ops  # noqa: E402
+from cli import serve as _serve  # noqa: E402
+from cli import tokens as _tokens  # noqa: E402
 from cli.metrics_cmd import metrics  # noqa: E402
 
 cli.add_command(metrics)
-for _module in (_ops, _keys, _jobs, _batch, _demo):
+for _module in (_ops, _keys, _jobs, _batch, _demo, _serve, _tokens):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

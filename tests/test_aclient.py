@@ -88,3 +88,27 @@ def test_async_router_makes_no_call_on_the_sync_client(redis_url: str, namespace
                    keys=KEYS)
     assert check.conversations.turn_info("c1")["issued"] == 2
     assert check.conversations.turn_info("c1")["done"] == 2  # both turns were cancelled, so finished
+
+
+def test_concurrent_first_reads_of_the_registry_all_see_its_keys(redis_url: str, namespace: str) -> None:
+    """Coroutines that refresh a fresh registry cache at once each get the stored keys."""
+    from router_jobs.backend.connection import connect_async
+    from router_jobs.backend.ops import adrive
+    from router_jobs.backend.schema import RedisSchema
+    from router_jobs.capacity.registry import RegistryCache, RegistryStore
+
+    Router(Settings(redis_url=redis_url, namespace=namespace), client=redis.Redis.from_url(redis_url), keys=KEYS)
+    store = RegistryStore(redis.Redis.from_url(redis_url), RedisSchema(namespace), "default")
+
+    async def scenario() -> list[set[str]]:
+        client = connect_async(redis_url)
+        cache = RegistryCache(store)
+        async def models_seen() -> set[str]:
+            return (await adrive(client, cache.refresh_steps())).served_models()  # at the moment it returns
+
+        try:
+            return list(await asyncio.gather(*[models_seen() for _ in range(5)]))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == [{"fake-model"}] * 5

@@ -37,9 +37,9 @@ def parse_routerctl(argv: list[str]) -> click.Context:
 
 def test_services_and_profiles(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "worker", "metrics", "prometheus", "grafana", "fakeserver"}
+    assert set(services) == {"redis", "worker", "metrics", "gateway", "prometheus", "grafana", "fakeserver"}
     assert services["fakeserver"]["profiles"] == ["demo"]
-    for name in ("redis", "worker", "metrics", "prometheus", "grafana"):
+    for name in ("redis", "worker", "metrics", "gateway", "prometheus", "grafana"):
         assert "profiles" not in services[name]
 
 
@@ -119,3 +119,15 @@ def test_dockerfile_builds_the_cli() -> None:
     assert re.search(r"^FROM python:3\.11", text, re.M)
     assert 'pip install ".[' in text and "USER app" in text
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_gateway_serves_without_provider_secrets(compose: dict[str, Any]) -> None:
+    gw = compose["services"]["gateway"]
+    ctx = parse_routerctl(gw["command"])
+    assert ctx.info_name == "serve" and ctx.params["host"] == "0.0.0.0"
+    assert gw["ports"] == [f"{ctx.params['port']}:{ctx.params['port']}"]
+    assert gw["env_file"] == [] and not any(k.startswith("API_KEY_") for k in gw["environment"])
+    assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
+    prometheus = yaml.safe_load((ROOT / "config" / "prometheus.yml").read_text())
+    gateway_job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "router-jobs-gateway")
+    assert gateway_job["dns_sd_configs"][0]["port"] == ctx.params["port"]

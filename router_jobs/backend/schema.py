@@ -66,6 +66,43 @@ class RedisSchema:
         """Hash: input/output paths, counts of done/failed/submitted lines, state, timestamps."""
         return f"{self.ns}:batch:{batch_id}"
 
+    # -- the HTTP gateway: virtual keys, files, batches (all under the hash tag ``{gw}``)
+    def gw_tokens(self) -> str:
+        """Hash sha256(token) -> virtual key record JSON (the token itself is never stored)."""
+        return f"{self.ns}:{{gw}}:tokens"
+
+    def gw_token_ids(self) -> str:
+        """Hash token id -> sha256(token): lists and revokes by id."""
+        return f"{self.ns}:{{gw}}:token-ids"
+
+    def gw_file(self, file_id: str) -> str:
+        """Hash: a stored file's metadata fields and its ``content`` (expires with the file)."""
+        return f"{self.ns}:{{gw}}:file:{file_id}"
+
+    def gw_files(self) -> str:
+        """Zset file id -> created_at: listing (members whose record expired are dropped on read)."""
+        return f"{self.ns}:{{gw}}:files"
+
+    def gw_batch(self, batch_id: str) -> str:
+        """Hash: one gateway batch (OpenAI's batch object fields)."""
+        return f"{self.ns}:{{gw}}:batch:{batch_id}"
+
+    def gw_batch_results(self, batch_id: str) -> str:
+        """Hash line number -> output record JSON (what a resumed driver skips)."""
+        return f"{self.ns}:{{gw}}:batch:{batch_id}:results"
+
+    def gw_batches(self) -> str:
+        """Zset batch id -> created_at: listing."""
+        return f"{self.ns}:{{gw}}:batches"
+
+    def gw_batches_active(self) -> str:
+        """Zset batch id -> created_at of batches not yet ended (what drivers look for)."""
+        return f"{self.ns}:{{gw}}:batches:active"
+
+    def gw_batch_lease(self, batch_id: str) -> str:
+        """String: the gateway process driving this batch now (expires unless renewed)."""
+        return f"{self.ns}:{{gw}}:batch:{batch_id}:lease"
+
     # -- key pool (one hash tag per limit scope)
     def scope(self, scope_id: str) -> str:
         return f"{self.ns}:{{pool:{scope_id}}}"

@@ -19,6 +19,12 @@ command" is enough. ``ordered=True`` writes output in input order.
 
 Input forms: see :mod:`router_jobs.batch.lines`. A small record of every batch run
 (``RedisSchema.batch``) lets ``routerctl batch status`` report progress from anywhere.
+
+**Where lines come from and go to.** The runner reads a :class:`LineSource` and writes to a
+:class:`ResultSink`; by default the input and output files (:class:`FileSource`,
+:class:`FileSink`). A server that keeps its files in Redis gives its own pair, and a
+``stop_check`` that ends the run early (a cancelled or expired batch): the runner then stops
+taking lines, cancels its jobs that have not started, and collects the rest.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from router_jobs.batch.lines import BatchRequest, LineError, parse_line
 from router_jobs.client.router import Router, validate_spec
@@ -173,6 +179,94 @@ def output_record(req_line: int, custom_id: str | None, metadata: dict[str, Any]
     return rec
 
 
+class LineSource(Protocol):
+    """Numbered input lines (1-based, blank ones included) of one batch."""
+
+    def lines(self) -> Iterator[tuple[int, str]]:
+        """Every line with its number, in input order."""
+        ...
+
+    def count(self) -> int:
+        """Non-blank lines."""
+        ...
+
+    def describe(self) -> str:
+        """Where the lines come from (for the run's record)."""
+        ...
+
+
+class ResultSink(Protocol):
+    """Where output lines go; it knows which lines a previous run already wrote."""
+
+    def scan(self) -> tuple[_Bitmap, int, int]:
+        """Lines already written, and how many of them succeeded / failed."""
+        ...
+
+    def write(self, rec: dict[str, Any], result: JobResult | None) -> None:
+        """Write one output line (``result`` is None for a line that never became a job)."""
+        ...
+
+    def flush(self) -> None:
+        """Make what was written durable."""
+        ...
+
+    def describe(self) -> str:
+        """Where the lines go (for the run's record)."""
+        ...
+
+
+class FileSource:
+    """The lines of a local JSONL file, read lazily."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError(f"input file {self.path} does not exist", field="input")
+
+    def lines(self) -> Iterator[tuple[int, str]]:
+        with self.path.open("r", encoding="utf-8", errors="replace") as fh:
+            yield from enumerate(fh, 1)
+
+    def count(self) -> int:
+        return count_lines(self.path)
+
+    def describe(self) -> str:
+        return str(self.path.resolve())
+
+
+class FileSink:
+    """A local JSONL file, appended to; ``open()`` before writing, ``close()`` after."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._out: IO[str] | None = None
+
+    def scan(self) -> tuple[_Bitmap, int, int]:
+        return scan_output(self.path)
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._out = self.path.open("a", encoding="utf-8", newline="\n")
+
+    def write(self, rec: dict[str, Any], result: JobResult | None) -> None:
+        assert self._out is not None
+        self._out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+            os.fsync(self._out.fileno())
+            self._out.close()
+            self._out = None
+
+    def describe(self) -> str:
+        return str(self.path.resolve())
+
+
 @dataclass
 class _Pending:
     line: int
@@ -185,8 +279,8 @@ class BatchRunner:
     """Runs one batch; see the module docstring. ``run()`` returns the final progress."""
 
     router: Router
-    input_path: Path
-    out_path: Path
+    input_path: Path | None = None
+    out_path: Path | None = None
     batch_id: str | None = None
     model: str | None = None
     fallback_models: list[str] = field(default_factory=list)
@@ -195,30 +289,41 @@ class BatchRunner:
     ordered: bool = False
     on_progress: Callable[[BatchProgress], None] | None = None
     progress_every: float = 0.2
+    source: LineSource | None = None  # default: FileSource(input_path)
+    sink: ResultSink | None = None  # default: FileSink(out_path)
+    #: asked once per loop turn; a reason ("cancelled", "expired") ends the run early
+    stop_check: Callable[[], str | None] | None = None
 
     def __post_init__(self) -> None:
-        self.input_path = Path(self.input_path)
-        self.out_path = Path(self.out_path)
-        if not self.input_path.is_file():
-            raise ConfigError(f"input file {self.input_path} does not exist", field="input")
+        if self.source is None:
+            if self.input_path is None:
+                raise ConfigError("give an input file or a line source", field="input")
+            self.source = FileSource(Path(self.input_path))
+        if self.sink is None:
+            if self.out_path is None:
+                raise ConfigError("give an output file or a result sink", field="out")
+            self.sink = FileSink(Path(self.out_path))
         if self.max_in_flight < 1:
             raise ConfigError("max_in_flight must be at least 1", field="max_in_flight")
-        self.batch_id = self.batch_id or default_batch_id(self.input_path, self.out_path)
+        if self.batch_id is None:
+            if self.input_path is None or self.out_path is None:
+                raise ConfigError("give a batch id", field="batch_id")
+            self.batch_id = default_batch_id(self.input_path, self.out_path)
+        self.stopped: str | None = None
         if self.model is None:  # lines naming no model use the pool's only model, if it has one
             models = sorted(self.router.served_models())
             self.model = models[0] if len(models) == 1 else None
         self.record_key = self.router.schema.batch(self.batch_id)
         self._pending: dict[str, _Pending] = {}
         self._order: deque[int] = deque()  # ordered mode: lines not yet written, input order
-        self._ready: dict[int, dict[str, Any]] = {}
-        self._out: IO[str] | None = None
+        self._ready: dict[int, tuple[dict[str, Any], JobResult | None]] = {}
 
     # -- reading -----------------------------------------------------------------------------
     def _lines(self, skip: _Bitmap) -> Iterator[tuple[int, str]]:
-        with self.input_path.open("r", encoding="utf-8", errors="replace") as fh:
-            for n, text in enumerate(fh, 1):
-                if text.strip() and n not in skip:
-                    yield n, text
+        assert self.source is not None
+        for n, text in self.source.lines():
+            if text.strip() and n not in skip:
+                yield n, text
 
     def _fields(self, req: BatchRequest) -> dict[str, Any]:
         f = dict(req.fields)
@@ -235,29 +340,32 @@ class BatchRunner:
         return f
 
     # -- writing -----------------------------------------------------------------------------
-    def _emit(self, line: int, rec: dict[str, Any], progress: BatchProgress) -> None:
+    def _emit(self, line: int, rec: dict[str, Any], progress: BatchProgress,
+              result: JobResult | None = None) -> None:
         if rec.get("status") == "succeeded":
             progress.done += 1
         else:
             progress.failed += 1
         progress.finished_this_run += 1
         if not self.ordered:
-            self._write(rec)
+            assert self.sink is not None
+            self.sink.write(rec, result)
             return
-        self._ready[line] = rec
-        while self._order and self._order[0] in self._ready:
-            self._write(self._ready.pop(self._order.popleft()))
+        self._ready[line] = (rec, result)
+        self._drain_ordered()
 
-    def _write(self, rec: dict[str, Any]) -> None:
-        assert self._out is not None
-        self._out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    def _drain_ordered(self) -> None:
+        assert self.sink is not None
+        while self._order and self._order[0] in self._ready:
+            self.sink.write(*self._ready.pop(self._order.popleft()))
 
     def _outstanding(self) -> int:
         return len(self._order) if self.ordered else len(self._pending)
 
     def _save(self, progress: BatchProgress, state: str) -> None:
-        fields = {"batch_id": progress.batch_id, "input": str(self.input_path.resolve()),
-                  "output": str(self.out_path.resolve()), "state": state, "total": progress.total or 0,
+        assert self.source is not None and self.sink is not None
+        fields = {"batch_id": progress.batch_id, "input": self.source.describe(),
+                  "output": self.sink.describe(), "state": state, "total": progress.total or 0,
                   "done": progress.done, "failed": progress.failed, "in_flight": progress.in_flight,
                   "updated_at": time.time()}
         pipe = self.router.client.pipeline(transaction=False)
@@ -270,7 +378,7 @@ class BatchRunner:
     def _check(self, job_ids: list[str], progress: BatchProgress, waiter: JobWaiter) -> None:
         for result in waiter.collect(job_ids):
             p = self._pending.pop(result.job_id)
-            self._emit(p.line, output_record(p.line, p.custom_id, p.metadata, result), progress)
+            self._emit(p.line, output_record(p.line, p.custom_id, p.metadata, result), progress, result)
 
     def _submit(self, n: int, text: str, progress: BatchProgress, waiter: JobWaiter) -> str | None:
         custom_id: str | None = None
@@ -295,59 +403,99 @@ class BatchRunner:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> BatchProgress:
-        """Run (or resume) the batch to its end; KeyboardInterrupt leaves it resumable."""
-        skip, ok, bad = scan_output(self.out_path)
-        total = count_lines(self.input_path)
+        """Run (or resume) the batch to its end; KeyboardInterrupt leaves it resumable.
+
+        When ``stop_check`` names a reason, the run stops early: ``self.stopped`` holds the
+        reason and the record's state is ``stopped:<reason>``."""
+        assert self.source is not None and self.sink is not None
+        skip, ok, bad = self.sink.scan()
+        total = self.source.count()
         progress = BatchProgress(str(self.batch_id), total, done=ok, failed=bad, skipped=ok + bad)
         started = time.monotonic()
         state = "interrupted"
-        self.out_path.parent.mkdir(parents=True, exist_ok=True)
         waiter = JobWaiter(self.router.client, self.router.schema)
         lines = self._lines(skip)
         exhausted = False
         last_report = last_save = last_recheck = 0.0
         try:
-            with self.out_path.open("a", encoding="utf-8", newline="\n") as out:
-                self._out = out
-                self._save(progress, "running")
-                while True:
-                    fresh: list[str] = []
-                    while not exhausted and self._outstanding() < self.max_in_flight:
-                        nxt = next(lines, None)
-                        if nxt is None:
-                            exhausted = True
-                            break
-                        if self.ordered:
-                            self._order.append(nxt[0])
-                        job_id = self._submit(nxt[0], nxt[1], progress, waiter)
-                        if job_id is not None:
-                            fresh.append(job_id)
-                    self._check(fresh, progress, waiter)
-                    if exhausted and not self._pending:
+            if isinstance(self.sink, FileSink):
+                self.sink.open()
+            self._save(progress, "running")
+            while True:
+                if self.stop_check is not None and self.stopped is None:
+                    self.stopped = self.stop_check()
+                    if self.stopped is not None:
+                        self._cancel_pending()
+                fresh: list[str] = []
+                while not exhausted and self._outstanding() < self.max_in_flight:
+                    nxt = next(lines, None)
+                    if nxt is None:
+                        exhausted = True
                         break
-                    woke = waiter.poll(0.25) if self._pending else []
-                    now = time.monotonic()
-                    if now - last_recheck >= RECHECK_EVERY:
-                        woke, last_recheck = list(self._pending), now
-                    self._check(woke, progress, waiter)
-                    out.flush()
-                    progress.in_flight, progress.elapsed = len(self._pending), now - started
-                    if self.on_progress is not None and now - last_report >= self.progress_every:
-                        self.on_progress(progress)
-                        last_report = now
-                    if now - last_save >= 1.0:
-                        self._save(progress, "running")
-                        last_save = now
-                out.flush()
-                os.fsync(out.fileno())
-            state = "finished"
+                    if self.ordered:
+                        self._order.append(nxt[0])
+                    if self.stopped is not None:
+                        job_id = self._adopt(nxt[0], nxt[1], progress, waiter)
+                    else:
+                        job_id = self._submit(nxt[0], nxt[1], progress, waiter)
+                    if job_id is not None:
+                        fresh.append(job_id)
+                self._check(fresh, progress, waiter)
+                if exhausted and not self._pending:
+                    break
+                woke = waiter.poll(0.25) if self._pending else []
+                now = time.monotonic()
+                if now - last_recheck >= RECHECK_EVERY:
+                    woke, last_recheck = list(self._pending), now
+                self._check(woke, progress, waiter)
+                self.sink.flush()
+                progress.in_flight, progress.elapsed = len(self._pending), now - started
+                if self.on_progress is not None and now - last_report >= self.progress_every:
+                    self.on_progress(progress)
+                    last_report = now
+                if now - last_save >= 1.0:
+                    self._save(progress, "running")
+                    last_save = now
+            self.sink.flush()
+            state = "finished" if self.stopped is None else f"stopped:{self.stopped}"
         finally:
+            if isinstance(self.sink, FileSink):
+                self.sink.close()
             waiter.close()
             progress.in_flight, progress.elapsed = len(self._pending), time.monotonic() - started
             self._save(progress, state)
             if self.on_progress is not None:
                 self.on_progress(progress)
         return progress
+
+    def _cancel_pending(self) -> None:
+        """Cancel every job of this run that has not started; running ones finish."""
+        for job_id in list(self._pending):
+            self.router.cancel(job_id)
+
+    def _adopt(self, n: int, text: str, progress: BatchProgress, waiter: JobWaiter) -> str | None:
+        """A line met after the run was stopped: its job (submitted by an earlier run) is
+        cancelled if it has not started and collected; a line that never became a job is
+        written as ``batch_expired`` when the run expired and left out otherwise."""
+        try:
+            req: BatchRequest | None = parse_line(n, text)
+        except LineError:
+            req = None
+        custom_id = req.custom_id if req is not None else None
+        metadata = req.metadata if req is not None else {}
+        job_id = line_job_id(self.router.schema.ns, str(self.batch_id), n)
+        if not self.router.client.exists(self.router.schema.job(job_id)):
+            if self.stopped == "expired":
+                self._emit(n, output_record(n, custom_id, metadata, error=(
+                    "batch_expired", "the batch's completion window ended before this line ran")), progress)
+            elif self.ordered:
+                self._order.remove(n)
+                self._drain_ordered()
+            return None
+        waiter.watch([job_id])
+        self.router.cancel(job_id)
+        self._pending[job_id] = _Pending(n, custom_id, metadata)
+        return job_id
 
 
 def batch_status(router: Router, batch_id: str) -> dict[str, Any] | None:

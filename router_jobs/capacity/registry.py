@@ -206,10 +206,12 @@ class RegistryCache:
         mono = time.monotonic()
         if not force and mono - self._checked < self.refresh_interval:
             return self
-        self._checked = mono
         version = yield self.store.version_op()
         if version != self._version or force:
             self._version, self.keys, self.groups = yield self.store.read_op()
+        # marked only once read: a concurrent first caller (another coroutine) reads too,
+        # instead of taking the empty cache for the registry
+        self._checked = mono
         return self
 
     def current(self, *, force: bool = False) -> RegistryCache:

@@ -30,13 +30,16 @@ class AsyncRouter:
     """The async face of a :class:`~router_jobs.client.router.Router`.
 
     Build it with ``AsyncRouter.from_env()`` or around a Router (whose settings, key pool
-    view and stores it shares); ``await router.aclose()`` at the end.
+    view and stores it shares); ``await router.aclose()`` at the end. Every concurrent wait
+    (``await_result``, ``stream``) holds one Redis connection: ``max_connections`` bounds them
+    (redis-py's default is 100).
     """
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, *, max_connections: int | None = None) -> None:
         self.sync = router
         self.schema = router.schema
-        self.client = connect_async(router.url or _url_of(router))
+        extra = {"max_connections": max_connections} if max_connections else {}
+        self.client = connect_async(router.url or _url_of(router), **extra)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncRouter:
