@@ -1,11 +1,19 @@
-"""Capacity benchmarks: reservation latency and backpressure at 5x oversubscription.
+"""Capacity benchmarks: the scheduler through real workers, per provider enforcement mode.
 
 Run from the repository root::
 
-    python -m benchmarks.capacity                  # private redis-server, all figures
-    python -m benchmarks.capacity --redis-url redis://127.0.0.1:6390/0 --quick
+    python -m benchmarks.capacity                          # the full matrix (over an hour)
+    python -m benchmarks.capacity --modes quantized --rates 150 --over 2 --window 20
+    python -m benchmarks.capacity --interactive-every 1    # interactive latency beside each batch
+    python -m benchmarks.capacity --pool --no-workers      # reserve() latency, booked-slot simulation
 
-Prints, side by side with a comparison where one makes sense:
+The worker matrix prints one row per (mode, rate per minute, oversubscription): wall time over
+the theoretical minimum, 429s the provider sent, deliveries per job, the most requests any
+window (and any whole second) of a key held, and interactive p50/p95 when asked. ``--window``
+shortens windows keeping each rate per minute; ``--calibrate`` first measures the workers' own
+ceiling, which says where two cores, not the pool, are the limit.
+
+``--pool`` also prints the direct-reservation figures:
 
 1. ``reserve`` latency p50/p99 with 10, 100 and 1,000 keys in one pool (aim: p99 <= 2 ms at
    1,000 keys), on a pool with room and on a pool that is full (every call books a slot).
@@ -239,39 +247,65 @@ def print_report(figures: dict[str, Any]) -> None:
         print(f"  {c:<{width}}  " + "  ".join(f"{str(r[c]):<28}" for r in rows))
 
 
-def run_worker_benchmarks(url: str, *, quick: bool = False) -> dict[str, Any]:
-    """Batches through real worker processes against fake providers enforcing rolling windows."""
+def run_worker_matrix(url: str, *, modes: list[str], rates: list[int], overs: list[float], window_s: float,
+                      keys: int = 4, processes: int = 2, threads: int = 32, latency: float = 0.1,
+                      interactive_every: float = 0.0) -> list[dict[str, Any]]:
+    """One batch per (mode, rate per minute, oversubscription) through real worker processes
+    against fake providers enforcing ``mode``. Windows are ``window_s`` long and hold
+    rate x window_s / 60 requests (so a 10 s window keeps each rate per minute)."""
     from benchmarks.capacity_workers import run_batch
 
-    # 2x the pool's per-window capacity on 60 s windows: all done, wall / minimum, 429s
-    limit = 30 if quick else 60
-    double = run_batch(url, keys=4, limit=limit, window_s=60.0, jobs=2 * 4 * limit, processes=2, threads=8)
-    # 5x oversubscription on 10 s windows: deliveries per completed job
-    five = run_batch(url, keys=4, limit=20, window_s=10.0, jobs=5 * 4 * 20, processes=2, threads=8)
-    return {"double": double.as_dict(), "five": five.as_dict()}
+    rows = []
+    for mode in modes:
+        for rate in rates:
+            for over in overs:
+                limit = max(1, round(rate * window_s / 60))
+                jobs = int(over * keys * limit)
+                run = run_batch(url, keys=keys, limit=limit, window_s=window_s, jobs=jobs, processes=processes,
+                                threads=threads, latency=latency, mode=mode, interactive_every=interactive_every)
+                rows.append({**run.as_dict(), "rate_per_min": rate, "over": over})
+                print_matrix_row(rows[-1], flush=True)
+    return rows
 
 
-def print_worker_report(figures: dict[str, Any]) -> None:
-    d, f = figures["double"], figures["five"]
-    print(f"batch of 2x the pool's per-window capacity through real workers ({d['keys']} keys x "
-          f"{d['limit_per_key']} requests per {d['window_s']:.0f} s rolling window, 2 processes x 8 threads)")
-    print(f"  jobs completed          {d['completed']}/{d['jobs']}   (aim: 100%)")
-    print(f"  wall / theoretical min  {d['wall_s']:.1f} s / {d['theoretical_s']:.1f} s = {d['wall_over_minimum']:.3f}"
-          "   (aim: <= 1.03)")
-    print(f"  429s answered           {d['provider_429s']}   (aim: 0)")
-    print(f"  most in any window      {max(d['max_in_window'].values())} (limit {d['limit_per_key']})")
-    print(f"5x oversubscription through real workers ({f['keys']} keys x {f['limit_per_key']} per "
-          f"{f['window_s']:.0f} s, {f['jobs']} jobs)")
-    print(f"  deliveries per job      {f['deliveries_per_job']:.2f}   (aim: <= 1.3)")
-    print(f"  completed {f['completed']}/{f['jobs']}, 429s {f['provider_429s']}, "
-          f"wall / min {f['wall_over_minimum']:.3f}, most in any window {max(f['max_in_window'].values())}")
+def calibrate_workers(url: str, *, processes: int, threads: int, latency: float, jobs: int = 400) -> float:
+    """Jobs per second the worker processes complete when no limit holds them back."""
+    from benchmarks.capacity_workers import run_batch
+
+    run = run_batch(url, keys=4, limit=1_000_000, window_s=60.0, jobs=jobs, processes=processes, threads=threads,
+                    latency=latency)
+    return run.completed / run.wall_s
+
+
+MATRIX_HEADER = (f"{'mode':<10}{'rate/min':>9}{'over':>6}{'jobs':>6}{'wall s':>8}{'min s':>7}{'wall/min':>9}"
+                 f"{'429s':>6}{'deliv/job':>10}{'max/window':>11}{'max/s':>6}{'ok':>6}{'inter p50/p95 s':>17}")
+
+
+def print_matrix_row(r: dict[str, Any], flush: bool = False) -> None:
+    inter = "-" if r["interactive_p50_s"] is None else f"{r['interactive_p50_s']:.2f}/{r['interactive_p95_s']:.2f}"
+    print(f"{r['mode']:<10}{r['rate_per_min']:>9}{r['over']:>6}{r['jobs']:>6}{r['wall_s']:>8.1f}"
+          f"{r['theoretical_s']:>7.1f}{r['wall_over_minimum']:>9.3f}{r['provider_429s']:>6}"
+          f"{r['deliveries_per_job']:>10.3f}{max(r['max_in_window'].values()):>7}/{r['limit_per_key']:<3}"
+          f"{max((r['max_per_second'] or {}).values(), default=0):>6}{r['completed']:>6}{inter:>17}", flush=flush)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--redis-url", help="use this server (default: start a private one)")
     ap.add_argument("--quick", action="store_true", help="fewer samples")
-    ap.add_argument("--no-workers", action="store_true", help="skip the real-worker batches (about 3 min)")
+    ap.add_argument("--pool", action="store_true", help="also the reserve() latency and booked-slot simulation")
+    ap.add_argument("--no-workers", action="store_true", help="skip the real-worker matrix")
+    ap.add_argument("--modes", default="rolling,bucket,quantized", help="provider enforcement modes")
+    ap.add_argument("--rates", default="60,150,600", help="requests per minute per key")
+    ap.add_argument("--over", default="2,5", help="oversubscription: jobs / one window's capacity")
+    ap.add_argument("--window", type=float, default=60.0, help="window seconds (limits scaled to keep the rate)")
+    ap.add_argument("--keys", type=int, default=4)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=32)
+    ap.add_argument("--latency", type=float, default=0.1, help="provider latency, seconds")
+    ap.add_argument("--interactive-every", type=float, default=0.0,
+                    help="submit one interactive job this often during each batch (0: none)")
+    ap.add_argument("--calibrate", action="store_true", help="first measure the workers' own ceiling (jobs/s)")
     ns = ap.parse_args()
     server = None
     url = ns.redis_url
@@ -282,9 +316,22 @@ def main() -> None:
         url = server.url
     client = redis.Redis.from_url(url)
     try:
-        print_report(run_pool_benchmarks(client, quick=ns.quick))
+        if ns.pool:
+            print_report(run_pool_benchmarks(client, quick=ns.quick))
         if not ns.no_workers:
-            print_worker_report(run_worker_benchmarks(url, quick=ns.quick))
+            if ns.calibrate:
+                ceiling = calibrate_workers(url, processes=ns.processes, threads=ns.threads, latency=ns.latency)
+                print(f"workers' ceiling: {ceiling:.1f} jobs/s ({ns.processes} processes x {ns.threads} threads, "
+                      f"{ns.latency * 1000:.0f} ms provider latency, no limit); the pool needs "
+                      + ", ".join(f"{ns.keys * int(r) / 60:.1f}/s at {r}/min" for r in ns.rates.split(",")))
+            print(f"{ns.keys} keys, windows of {ns.window:g} s, {ns.processes} worker processes x {ns.threads} "
+                  f"threads, provider latency {ns.latency * 1000:.0f} ms; min = least time until the last job "
+                  "may start under the mode")
+            print(MATRIX_HEADER)
+            run_worker_matrix(url, modes=ns.modes.split(","), rates=[int(r) for r in ns.rates.split(",")],
+                              overs=[float(o) for o in ns.over.split(",")], window_s=ns.window, keys=ns.keys,
+                              processes=ns.processes, threads=ns.threads, latency=ns.latency,
+                              interactive_every=ns.interactive_every)
     finally:
         client.close()
         if server is not None:

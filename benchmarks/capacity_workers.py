@@ -1,5 +1,6 @@
-"""A batch through real worker processes against fake provider servers that enforce rolling
-windows, measured from what the providers actually received.
+"""A batch through real worker processes against fake provider servers that enforce their
+limits (rolling window, token bucket or quantized per second), measured from what the
+providers actually received.
 
 Used by ``benchmarks/capacity.py`` (figures) and ``tests/test_e2e_capacity.py`` (claims).
 """
@@ -7,9 +8,11 @@ Used by ``benchmarks/capacity.py`` (figures) and ``tests/test_e2e_capacity.py`` 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -40,6 +43,13 @@ class CapacityRun:
     provider_429s: int
     max_in_window: dict[str, int]
     deliveries_per_job: float
+    mode: str = "rolling"
+    latency_s: float = 0.0
+    max_per_second: dict[str, int] | None = None
+    interactive_p50_s: float | None = None
+    interactive_p95_s: float | None = None
+    interactive_jobs: int = 0
+    attempts_max: int = 0
 
     @property
     def wall_over_minimum(self) -> float:
@@ -49,30 +59,61 @@ class CapacityRun:
         return {**asdict(self), "wall_over_minimum": round(self.wall_over_minimum, 4)}
 
 
-def theoretical_minimum(jobs: int, capacity_per_window: int, window_s: float) -> float:
-    """Least wall time for ``jobs`` when the pool admits ``capacity_per_window`` per rolling
-    window: full windows back to back (the last one starts, it need not end)."""
+def theoretical_minimum(jobs: int, capacity_per_window: int, window_s: float, mode: str = "rolling",
+                        keys: int = 1, burst: int = 0) -> float:
+    """Least wall time until the last of ``jobs`` may start when the pool admits
+    ``capacity_per_window`` per window of ``window_s`` under the providers' ``mode``:
+
+    * rolling: full windows back to back;
+    * bucket: the buckets' content at once, then the refill rate;
+    * quantized: each key at most ceil(limit / window) + burst per whole second as well.
+    """
+    if mode == "bucket":
+        return max((jobs - capacity_per_window) / capacity_per_window * window_s, 1e-9)
+    if mode == "quantized":
+        per_key = math.ceil(jobs / keys)
+        limit = capacity_per_window // keys
+        per_second = math.ceil(limit / window_s) + burst
+        done, t, counts = 0, 0, []
+        while True:
+            in_window = sum(counts[max(0, t - int(math.ceil(window_s)) + 1):t])
+            take = min(per_second, limit - in_window, per_key - done)
+            counts.append(take)
+            done += take
+            if done >= per_key:
+                return max(float(t), 1e-9)
+            t += 1
     full_windows = (jobs - 1) // capacity_per_window
     return max(full_windows * window_s, 1e-9)
 
 
 def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float = 60.0, jobs: int = 480,
               processes: int = 2, threads: int = 8, latency: float = 0.0,
-              extra_env: dict[str, str] | None = None) -> CapacityRun:
+              extra_env: dict[str, str] | None = None, mode: str = "rolling", burst: int = 0,
+              interactive_every: float = 0.0, margin_ms: int | None = None,
+              declared_limit: int | None = None, declared_window_s: float | None = None) -> CapacityRun:
     """Submit ``jobs`` batch jobs at once over ``keys`` OpenAI keys, each allowed ``limit``
-    requests per rolling ``window_s`` by the fake server, and let the workers drain them."""
+    requests per ``window_s`` by the fake server in enforcement ``mode`` (the keys file names
+    the same mode), and let the workers drain them. With ``interactive_every`` > 0, one
+    interactive job is submitted that often while the batch runs (its latency is measured).
+    ``declared_limit``/``declared_window_s`` make the keys file claim another limit than the
+    provider enforces (to provoke 429s)."""
     ns = f"cap{uuid.uuid4().hex[:8]}"
     names = {f"k{i}": f"sk-cap-{i}-{uuid.uuid4().hex}" for i in range(keys)}
     # the provider in its own process, as a real one is (its clock not held up by ours)
-    server = ProcessFakeServer("openai", keys=names, limits={k: KeyLimit(requests=limit, window=window_s)
-                                                             for k in names}, latency=latency)
+    server = ProcessFakeServer("openai", keys=names, limits={
+        k: KeyLimit(requests=limit, window=window_s, mode=mode, burst=burst) for k in names}, latency=latency)
     base_url = server.start()
     folder = Path(tempfile.mkdtemp(prefix="rj-cap-"))
     spec = [{"key_id": k, "model_name": "gpt-4o-mini", "provider": "openai", "base_url": base_url,
-             "windows": [{"limit": limit, "seconds": window_s}], "active": True} for k in names]
+             "windows": [{"limit": declared_limit or limit, "seconds": declared_window_s or window_s}],
+             "active": True,
+             "enforcement": {"mode": mode, "burst": burst}} for k in names]
     (folder / "keys.json").write_text(json.dumps({"keys": spec}))
     env = {**(extra_env or {}), "REDIS_URL": redis_url, "ROUTER_NAMESPACE": ns, "ROUTER_KEYS_FILE": str(folder / "keys.json"),
            "SECRET_STORE_TYPE": "env", **{f"API_KEY_{k.upper()}": v for k, v in names.items()}}
+    if margin_ms is not None:
+        env["ROUTER_POOL_MARGIN_MS"] = str(margin_ms)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     router = Router(Settings.from_env(env))
@@ -82,24 +123,38 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             started = time.monotonic()
             handles = [router.submit(f"job {i}", model="gpt-4o-mini", priority="batch", max_output_tokens=16)
                        for i in range(jobs)]
+            probe = _InteractiveProbe(router, interactive_every) if interactive_every > 0 else None
             results = list(router.as_completed(handles, timeout=max(120.0, 4 * jobs / (keys * limit) * window_s)))
             wall = time.monotonic() - started
+            waits = probe.stop() if probe is not None else []
             if os.environ.get("CAP_DEBUG"):
                 q0 = min(r.queued_at or 0 for r in results)
                 fin = sorted(round((r.finished_at or 0) - q0, 1) for r in results)
                 print("finished (s after first queued):", fin[::8], "last", fin[-1], "wall", round(wall, 2))
+                for r in results:
+                    if r.attempts > 1 or (r.finished_at or 0) - q0 > wall - 5:
+                        print("  slow/retried:", r.job_id[:8], r.attempts, r.key_id, round((r.started_at or 0) - q0, 2),
+                              round((r.finished_at or 0) - q0, 2))
+                print(pool.output()[-3000:])
         deliveries = 0
         for h in handles:
             deliveries += int(router.client.hget(router.schema.job(h.job_id), "deliveries") or 0)
         received = server.received()
         windows = {k: server.max_in_window(k, window_s) for k in names}
+        per_second = {k: max(server.per_second(k).values(), default=0) for k in names}
+        waits.sort()
         return CapacityRun(
             keys=keys, limit_per_key=limit, window_s=window_s, jobs=jobs,
             completed=sum(1 for r in results if r.ok), failed=sum(1 for r in results if not r.ok),
-            wall_s=wall, theoretical_s=theoretical_minimum(jobs, keys * limit, window_s),
+            wall_s=wall, theoretical_s=theoretical_minimum(jobs, keys * limit, window_s, mode, keys, burst),
             provider_429s=sum(1 for r in received if r.status == 429),
             max_in_window=windows,
             deliveries_per_job=deliveries / jobs,
+            mode=mode, latency_s=latency, max_per_second=per_second,
+            interactive_p50_s=waits[len(waits) // 2] if waits else None,
+            interactive_p95_s=waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else None,
+            interactive_jobs=len(waits),
+            attempts_max=max((r.attempts for r in results), default=0),
         )
     finally:
         router.close()
@@ -109,3 +164,80 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class _InteractiveProbe:
+    """Submits one interactive job every ``every`` s in a thread; ``stop()`` returns each
+    one's time from submit to result, in seconds."""
+
+    def __init__(self, router: Router, every: float) -> None:
+        self.router, self.every = router, every
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.wait(self.every):
+            t0 = time.monotonic()
+            h = self.router.submit(f"chat {i}", model="gpt-4o-mini", priority="interactive", max_output_tokens=16)
+            self.router.await_result(h, timeout=120)
+            self.times.append(time.monotonic() - t0)
+            i += 1
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join(130)
+        return list(self.times)
+
+
+class _InteractiveProbe:
+    """Submits one interactive job every ``every`` s in a thread; ``stop()`` returns each
+    one's time from submit to result, in seconds."""
+
+    def __init__(self, router: Router, every: float) -> None:
+        self.router, self.every = router, every
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.wait(self.every):
+            t0 = time.monotonic()
+            h = self.router.submit(f"chat {i}", model="gpt-4o-mini", priority="interactive", max_output_tokens=16)
+            self.router.await_result(h, timeout=120)
+            self.times.append(time.monotonic() - t0)
+            i += 1
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join(130)
+        return list(self.times)
+
+
+def _gap_report(router: Router, handles: list, received: list) -> None:  # type: ignore[type-arg]
+    """Debug: spread of (provider arrival - our stamp) per request, from reservation records."""
+    by_prompt = {}
+    for h in handles:
+        spec = json.loads(router.client.hget(router.schema.job(h.job_id), "spec"))
+        by_prompt[spec["prompt"]] = h.job_id
+    res = router.client.hgetall(router.schema.pool_reservations("default"))
+    stamps: dict[str, list[int]] = {}
+    for rid, raw in res.items():
+        rec = json.loads(raw)
+        stamps.setdefault(rid.decode().split(":")[0], []).append(int(rec["t"]))
+    gaps = []
+    for r in received:
+        jid = by_prompt.get(r.prompt)
+        if jid and jid in stamps:
+            gaps.append((r.arrived * 1000 - min(stamps[jid]), r.status))
+    if not gaps:
+        return
+    base = min(g for g, _ in gaps)
+    ok = sorted(g - base for g, st in gaps if st == 200)
+    bad = sorted(g - base for g, st in gaps if st != 200)
+    print("gap ms (arrival - stamp, min=0): p50", round(ok[len(ok) // 2]), "p95", round(ok[int(len(ok) * .95)]),
+          "max", round(ok[-1]), "| 429s:", [round(b) for b in bad][:20])

@@ -63,11 +63,15 @@ def show_job(job_id: str, as_json: bool) -> None:
     if detail is None:
         fail(f"no job {job_id} (unknown or expired)")
     assert detail is not None
+    pos = r.position(job_id)
+    if pos is not None:  # waiting in the pool's line
+        detail = {**detail, "place_in_line": pos.place, "line": pos.model,
+                  "estimated_start_in": round(max(0.0, pos.eta - time.time()), 1)}
     if as_json:
         echo_json(detail)
         return
     for name in ("job_id", "status", "queue", "model", "key_id", "provider", "attempts", "deliveries",
-                 "error_type", "error_message", "conversation_id"):
+                 "place_in_line", "line", "estimated_start_in", "error_type", "error_message", "conversation_id"):
         if detail.get(name) is not None:
             click.echo(f"{name:16} {detail[name]}")
     if detail.get("content") is not None:

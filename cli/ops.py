@@ -21,13 +21,21 @@ from router_jobs.secrets.scan import scan_paths
 @click.command()
 @json_option
 def queues(as_json: bool) -> None:
-    """Per queue: ready, delayed, in flight, dead-lettered, consumers, oldest ready, done in 1 min."""
+    """Per queue: ready, delayed, in flight, dead-lettered, consumers, oldest ready, done in 1 min;
+    per model: jobs waiting in the key pool for room."""
     r = router()
     rows = ops.queue_stats(r.client, r.schema, stale=stale_after(r.settings))
+    lines = r.scheduler.lines()
+    for row in rows:  # jobs of this queue's class waiting in the key pool for room
+        row["waiting_in_pool"] = sum(n.get(row["queue"], 0) for n in lines.values())
     if as_json:
         echo_json(rows)
     else:
         click.echo(views.queues_table(rows))
+        waiting = [[m, n["interactive"], n["batch"]] for m, n in lines.items() if n["interactive"] or n["batch"]]
+        if waiting:
+            click.echo("\nwaiting in the key pool for room (delivered once admitted):")
+            click.echo(views.table(["MODEL", "INTERACTIVE", "BATCH"], waiting))
 
 
 @click.command()

@@ -29,6 +29,8 @@ def _child(conn: Any, provider: str, keys: dict[str, str], limits: dict[str, Key
             conn.send(server.received(*args))
         elif cmd == "max_in_window":
             conn.send(server.max_in_window(*args))
+        elif cmd == "per_second":
+            conn.send(server.per_second(*args))
         else:
             server.stop()
             conn.send(None)
@@ -70,6 +72,10 @@ class ProcessFakeServer:
     def max_in_window(self, key: str, seconds: float, unit: str = "requests", status: int | None = 200) -> int:
         """The most requests (or tokens) of ``key`` in any window of ``seconds``."""
         return int(self._ask("max_in_window", key, seconds, unit, status))
+
+    def per_second(self, key: str, status: int | None = 200) -> dict[int, int]:
+        """Requests of ``key`` per whole second of the server's clock."""
+        return dict(self._ask("per_second", key, status))
 
     def stop(self) -> None:
         if self._proc is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -24,11 +25,21 @@ PROVIDERS = ("openai", "anthropic", "gemini")
 
 @dataclass(frozen=True)
 class KeyLimit:
-    """A rolling-window limit of one key: ``requests`` and/or ``tokens`` per ``window`` s."""
+    """A limit of one key: ``requests`` and/or ``tokens`` per ``window`` s, enforced as
+
+    * ``rolling``: at most that many in any ``window`` seconds;
+    * ``bucket``: a token bucket holding ``requests`` (``tokens``), full at start, refilled
+      continuously at requests / window per second (as Anthropic describes its limits);
+    * ``quantized``: rolling, and also at most ceil(requests / window) + ``burst`` in each
+      whole second of the server's clock (as OpenAI says limits may be enforced over
+      shorter periods, e.g. 60,000 RPM as 1,000 requests per second).
+    """
 
     requests: int | None = None
     tokens: int | None = None
     window: float = 60.0
+    mode: str = "rolling"
+    burst: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class Record:
     prompt: str
     text: str = ""  # every message's text as received (system prompt and history included)
     body: dict[str, Any] = field(default_factory=dict)  # the request body as received
+    arrived: float = 0.0  # when the request arrived (the clock its limit was checked on)
 
 
 class FakeProviderServer:
@@ -89,6 +101,8 @@ class FakeProviderServer:
         self._lock = threading.Lock()
         self._records: list[Record] = []
         self._admitted: dict[str, deque[tuple[float, int]]] = {}
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # key -> (requests, tokens, at)
+        self._seconds: dict[str, tuple[int, int]] = {}  # key -> (whole second, requests in it)
         self._scripts: dict[str, deque[str]] = {}
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -160,12 +174,13 @@ class FakeProviderServer:
         Counts only answers with ``status`` (200 by default: what was admitted); ``None``
         counts every request received.
         """
-        recs = [r for r in self.received(key) if status is None or r.status == status]
+        recs = sorted((r for r in self.received(key) if status is None or r.status == status),
+                      key=lambda r: r.arrived)
         best = 0
         for i, first in enumerate(recs):
             total = 0
             for r in recs[i:]:
-                if r.time - first.time >= seconds:
+                if r.arrived - first.arrived >= seconds:
                     break
                 total += 1 if unit == "requests" else r.input_tokens + r.output_tokens
             best = max(best, total)
@@ -184,10 +199,19 @@ class FakeProviderServer:
         return Scenario("ok")
 
     def _admit(self, key: str, tokens: int) -> tuple[str | None, float]:
-        """Check and charge the key's rolling window; (limit kind hit or None, wait s)."""
+        """Check and charge the key's limit in its mode; (limit kind hit or None, wait s)."""
         limit = self._limits.get(key) or self._limits.get("*") or KeyLimit()
         now = time.monotonic()
+        if limit.mode == "bucket":
+            return self._admit_bucket(key, limit, tokens, now)
         with self._lock:
+            if limit.mode == "quantized" and limit.requests is not None:
+                second = int(now)
+                cur, n = self._seconds.get(key, (second, 0))
+                if cur != second:
+                    n = 0
+                if n >= math.ceil(limit.requests / limit.window) + limit.burst:
+                    return "rate_limit_requests", max(0.001, second + 1 - now)
             log = self._admitted.setdefault(key, deque())
             while log and log[0][0] <= now - limit.window:
                 log.popleft()
@@ -197,7 +221,35 @@ class FakeProviderServer:
             if limit.tokens is not None and sum(t for _, t in log) + tokens > limit.tokens:
                 return "rate_limit_tokens", max(wait, 0.001)
             log.append((now, tokens))
+            if limit.mode == "quantized" and limit.requests is not None:
+                self._seconds[key] = (second, n + 1)
         return None, 0.0
+
+    def _admit_bucket(self, key: str, limit: KeyLimit, tokens: int, now: float) -> tuple[str | None, float]:
+        with self._lock:
+            cap_r = float(limit.requests or 0)
+            cap_t = float(limit.tokens or 0)
+            level_r, level_t, at = self._buckets.get(key, (cap_r, cap_t, now))
+            dt = now - at
+            level_r = min(cap_r, level_r + dt * cap_r / limit.window)
+            level_t = min(cap_t, level_t + dt * cap_t / limit.window)
+            if limit.requests is not None and level_r < 1:
+                self._buckets[key] = (level_r, level_t, now)
+                return "rate_limit_requests", max(0.001, (1 - level_r) * limit.window / cap_r)
+            if limit.tokens is not None and level_t < tokens:
+                self._buckets[key] = (level_r, level_t, now)
+                return "rate_limit_tokens", max(0.001, (tokens - level_t) * limit.window / cap_t)
+            self._buckets[key] = (level_r - 1, level_t - tokens, now)
+            self._admitted.setdefault(key, deque()).append((now, tokens))
+        return None, 0.0
+
+    def per_second(self, key: str, status: int | None = 200) -> dict[int, int]:
+        """Requests of ``key`` (with ``status``) per whole second of the server's clock."""
+        out: dict[int, int] = {}
+        for r in self.received(key):
+            if status is None or r.status == status:
+                out[int(r.arrived)] = out.get(int(r.arrived), 0) + 1
+        return out
 
     def _rate_headers(self, key: str) -> dict[str, str]:
         limit = self._limits.get(key) or self._limits.get("*") or KeyLimit(10_000, 10_000_000, 60.0)
@@ -241,6 +293,7 @@ class FakeProviderServer:
         with self._lock:
             key = self._by_secret.get(secret, "?") if secret else "?"
         in_tokens = estimate_text_tokens(all_text) + 3 + IMAGE_TOKENS * req.images
+        arrived = time.monotonic()
         scenario = self._next_scenario(key, headers.get("x-fake-scenario"))
         if key == "?":
             scenario = Scenario("invalid_key")
@@ -262,7 +315,7 @@ class FakeProviderServer:
         if reply.status == 200:
             out = reply.output_tokens if reply.events is not None else _output_tokens(self.provider, reply.body)
         rec = Record(time.monotonic(), key, model, in_tokens, out, reply.status, scenario.name, prompt_text, all_text,
-                     body)
+                     body, arrived)
         with self._lock:
             self._records.append(rec)
         return reply
@@ -319,7 +372,8 @@ def _as_limit(v: KeyLimit | Mapping[str, float]) -> KeyLimit:
         return v
     req = v.get("requests", v.get("rpm"))
     tok = v.get("tokens", v.get("tpm"))
-    return KeyLimit(None if req is None else int(req), None if tok is None else int(tok), float(v.get("window", 60.0)))
+    return KeyLimit(None if req is None else int(req), None if tok is None else int(tok), float(v.get("window", 60.0)),
+                    str(v.get("mode", "rolling")), int(v.get("burst", 0)))
 
 
 def _output_tokens(provider: str, body: dict[str, Any]) -> int:
@@ -391,6 +445,9 @@ def _view(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # a real provider accepts a burst of connections; the stdlib's backlog of 5 refused some
+    # of a window's opening burst (clients saw connection errors, not 429s)
+    request_queue_size = 1024
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that timed out and hung up is expected here; stay quiet about it."""

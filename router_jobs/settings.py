@@ -37,6 +37,8 @@ ENV_NAMES: dict[str, str] = {
     "ROUTER_METRICS_PORT": "metrics_port",
     "ROUTER_POOL_MARGIN_MS": "pool_margin_ms",
     "ROUTER_POOL_LATE_MS": "pool_late_ms",
+    "ROUTER_INTERACTIVE_SHARE": "interactive_share",
+    "ROUTER_INTERACTIVE_HOLD_S": "interactive_hold_s",
     "ROUTER_WORKER_METRICS_PORT": "worker_metrics_port",
     "PROMETHEUS_MULTIPROC_DIR": "prometheus_multiproc_dir",
     "SECRET_STORE_TYPE": "secret_store_type",
@@ -82,8 +84,12 @@ class Settings(BaseModel):
     secret_cache_ttl: float = Field(default=60.0, ge=0)
     secrets_file: Path | None = None
     metrics_port: int = 9464
-    pool_margin_ms: int = Field(default=1000, ge=0)
+    pool_margin_ms: int = Field(default=100, ge=0)
     pool_late_ms: int = Field(default=500, ge=0)
+    #: share of each key held for interactive work while interactive jobs keep arriving
+    interactive_share: float = Field(default=0.1, ge=0.0, le=0.9)
+    #: seconds after the last interactive arrival that the share stays held
+    interactive_hold_s: float = Field(default=120.0, ge=0.0)
     worker_metrics_port: int | None = None
     prometheus_multiproc_dir: Path | None = None
     vault_addr: str | None = None

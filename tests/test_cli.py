@@ -141,6 +141,20 @@ def test_conversations(env: dict[str, str], redis_url: str, namespace: str) -> N
     run(env, "conv", "delete", "c-1", "--json", code=1)
 
 
+def test_queues_and_job_show_tell_jobs_waiting_in_the_pool(env: dict[str, str], tmp_path: Path) -> None:
+    keys = tmp_path / "one.json"
+    keys.write_text(json.dumps({"keys": [fake_key("fake-1", rpm=2)]}))
+    small = {**env, "ROUTER_KEYS_FILE": str(keys)}
+    ids = [js(small, "submit", f"hello {i}", "--priority", "batch")["job_id"] for i in range(5)]
+    rows = {r["queue"]: r for r in js(small, "queues")}
+    # two went to the queue (the key had room), three wait in the pool for the next minute
+    assert rows["batch"]["ready"] == 2 and rows["batch"]["waiting_in_pool"] == 3
+    assert "waiting in the key pool" in run(small, "queues").output
+    shown = js(small, "jobs", "show", ids[3])
+    # next room in about a minute, then one place per 30 s at 2 per minute (a linear estimate)
+    assert shown["place_in_line"] == 1 and 80 < shown["estimated_start_in"] <= 91
+
+
 def test_dead_letters_list_replay_purge(env: dict[str, str], redis_url: str, namespace: str) -> None:
     client, ks = redis.Redis.from_url(redis_url), RedisSchema(namespace)
     client.sadd(ks.queues(), "interactive")

@@ -253,3 +253,19 @@ def test_the_async_router_releases_a_failed_turn_too(router: Router, redis_url: 
     asyncio.run(scenario())
     router.conversations.finish_turn("c-async", 1)
     assert router.conversations.turn_gate("c-async", 3)
+
+
+def test_a_submit_that_never_reached_the_line_is_completed_by_its_retry(router: Router) -> None:
+    # a producer died after writing the held record and before putting the job in line
+    from router_jobs.client.router import validate_spec
+
+    held = validate_spec({"prompt": "hi", "model": "fake-model", "idempotency_key": "once"}, router.settings, None)
+    job_id, existed = router.jobs.submit(held, job_id="held-job", hold=True)
+    assert not existed and stream_len(router) == 0
+    # the producer retries with the same idempotency key: same job, now in line (and admitted)
+    again = router.submit("hi", model="fake-model", idempotency_key="once")
+    assert again.job_id == "held-job" and again.deduplicated
+    assert stream_len(router) == 1
+    # a third submit changes nothing: the job was admitted, not queued twice
+    router.submit("hi", model="fake-model", idempotency_key="once")
+    assert stream_len(router) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from router_jobs.client.router import Router
-from router_jobs.errors import JobFailed
+from router_jobs.errors import JobExpired, JobFailed
 from router_jobs.observability.exporter import MetricsServer
 from router_jobs.settings import Settings
 from tests.support import Samples, metric_samples, metric_total
@@ -83,12 +83,14 @@ def test_workers_metrics_match_what_happened(setup: tuple[dict[str, str], Settin
         ok = [router.submit(f"hello {i}", model="fake-model", priority="batch" if i % 2 else "interactive")
               for i in range(10)]
         bad = router.submit("refuse me [[fail:bad_request]]", model="fake-model")
-        limited = router.submit("slow down [[fail:rate_limited]]", model="fake-model")
+        # 429s cost no attempt: this job keeps waiting for a key until its deadline
+        limited = router.submit("slow down [[fail:rate_limited]]", model="fake-model", deadline=time.time() + 8)
         with WorkerPool(env, processes=2, threads=2) as pool:
             results = list(router.as_completed(ok, timeout=60))
-            for job in (bad, limited):
-                with pytest.raises(JobFailed):
-                    router.await_result(job, timeout=60)
+            with pytest.raises(JobFailed):
+                router.await_result(bad, timeout=60)
+            with pytest.raises(JobExpired):
+                router.await_result(limited, timeout=60)
             deadline = time.monotonic() + 20
             while True:  # first heartbeat comes a third of a visibility timeout after start
                 try:
@@ -110,16 +112,19 @@ def test_workers_metrics_match_what_happened(setup: tuple[dict[str, str], Settin
 
         assert total(s, "router_jobs_completed_total", outcome="succeeded") == 10
         assert total(s, "router_jobs_completed_total", outcome="succeeded", queue="batch") == 5
-        assert total(s, "router_jobs_completed_total", outcome="failed") == 2
+        assert total(s, "router_jobs_completed_total", outcome="failed") == 1
+        assert total(s, "router_jobs_completed_total", outcome="expired") == 1
         assert total(s, "router_jobs_failed_total", error_type="bad_request", model="fake-model") == 1
-        assert total(s, "router_jobs_failed_total", error_type="rate_limited") == 1
-        # the rate-limited job was tried twice (ROUTER_MAX_ATTEMPTS=2), deferred once in between
-        assert total(s, "request_router_rate_limited_total") == 2
-        assert total(s, "router_provider_errors_total", error_type="rate_limited", provider="fake") == 2
+        assert total(s, "router_jobs_failed_total", error_type="rate_limited") == 0
+        # the rate-limited job was tried more than ROUTER_MAX_ATTEMPTS=2 times (429s are not
+        # attempts), back in line after each, until its deadline
+        limited_calls = total(s, "request_router_rate_limited_total")
+        assert limited_calls > 2
+        assert total(s, "router_provider_errors_total", error_type="rate_limited", provider="fake") == limited_calls
         assert total(s, "router_provider_errors_total", error_type="bad_request") == 1
-        assert total(s, "router_jobs_deferred_total", reason="rate_limited") == 1
-        assert total(s, "request_router_attempts_total") == 10 + 1 + 2
-        assert total(s, "router_provider_latency_seconds_count") == 13
+        assert total(s, "router_jobs_deferred_total", reason="rate_limited") == limited_calls
+        assert total(s, "request_router_attempts_total") == 10 + 1 + limited_calls
+        assert total(s, "router_provider_latency_seconds_count") == 11 + limited_calls
         assert total(s, "router_tokens_total", direction="input") == in_tokens
         assert total(s, "router_tokens_total", direction="output") == out_tokens
         assert total(s, "router_spend_usd_total") == pytest.approx((in_tokens + 2 * out_tokens) / 1e6)
@@ -133,8 +138,8 @@ def test_workers_metrics_match_what_happened(setup: tuple[dict[str, str], Settin
             assert total(s, "router_queue_dead_letters", queue=q) == 0
         assert total(s, "router_workers_alive") >= 1
         assert total(s, "router_redis_up") == 1
-        assert total(s, "key_rpm_used") == 13  # one reservation per provider call
-        # the two 429s put the keys that answered them into a short cooldown (1 s): the gauge
+        assert total(s, "key_rpm_used") == 11 + limited_calls  # one reservation per provider call
+        # the 429s put the keys that answered them into a short cooldown (1 s): the gauge
         # shows 1 for a key while it lasts, and there is one series per key
         cooldowns = [v for (name, _labels), v in s.items() if name == "key_cooldown"]
         assert len(cooldowns) == 2 and set(cooldowns) <= {0.0, 1.0}

@@ -38,7 +38,9 @@ class DemoKey:
         """The key's entry in the keys file (limits identical to the fake server's)."""
         cfg: dict[str, Any] = {"key_id": self.key_id, "model_name": self.model, "provider": self.provider,
                                "base_url": base_url, "active": True, "tags": {"demo": True},
-                               "cost": {"input": self.cost_in, "output": self.cost_out}}
+                               "cost": {"input": self.cost_in, "output": self.cost_out},
+                               # the demo's fake servers enforce rolling windows, whatever the provider
+                               "enforcement": {"mode": "rolling"}}
         if self.window == 60:
             cfg["rpm"] = self.requests
             if self.tokens:

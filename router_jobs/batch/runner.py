@@ -74,6 +74,8 @@ class BatchProgress:
     in_flight: int = 0
     elapsed: float = 0.0
     finished_this_run: int = 0
+    #: requests per second the key pool admits for the batch's model in the long run (0: unknown)
+    pool_rate: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -82,10 +84,14 @@ class BatchProgress:
 
     @property
     def eta(self) -> float | None:
-        """Seconds left at the current rate (None when unknown)."""
-        if self.total is None or self.rate <= 0:
+        """Seconds left at the current rate, never faster than the key pool admits (a batch's
+        first window runs at once; the rest at the pool's long-run rate). None when unknown."""
+        rate = self.rate
+        if self.pool_rate > 0:
+            rate = min(rate, self.pool_rate) if rate > 0 else self.pool_rate
+        if self.total is None or rate <= 0:
             return None
-        return max(0, self.total - self.done - self.failed) / self.rate
+        return max(0, self.total - self.done - self.failed) / rate
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "total": self.total, "done": self.done, "failed": self.failed,
@@ -390,6 +396,8 @@ class BatchRunner:
         job_id = line_job_id(self.router.schema.ns, str(self.batch_id), n)
         waiter.watch([job_id])  # before submit: no missed wake-up
         handle = self.router.submit_spec(spec, job_id=job_id)
+        if progress.pool_rate == 0:
+            progress.pool_rate = self.router.scheduler.admission_rate(spec.model)
         self._pending[handle.job_id] = _Pending(n, custom_id, metadata)
         return handle.job_id
 

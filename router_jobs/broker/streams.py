@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
@@ -140,6 +140,9 @@ class StreamsBroker(Broker):
         self.add_middleware(StartTracker())
         use_stream_retries(self)
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        #: the key pool's admission step, run by consumers when it is due (set by the worker);
+        #: returns seconds until it should run again
+        self.admission: Callable[[], float] | None = None
         self.promoter = DuePromoter(self._promote_queue)
 
     def close(self) -> None:
@@ -302,6 +305,7 @@ class StreamConsumer(Consumer):
         self._next_heartbeat = now  # announce this consumer at once (health, readiness)
         self._next_reclaim = now  # take over orphans at once on start
         self._next_promote = now
+        self._next_admit = now
 
     # -- bookkeeping -------------------------------------------------------------------------
     @property
@@ -498,6 +502,13 @@ class StreamConsumer(Consumer):
             except redis.RedisError as exc:
                 self._report("promote", exc)
                 self._next_promote = now + 0.2
+        admission = self.broker.admission
+        if admission is not None and now >= self._next_admit:
+            try:
+                self._next_admit = now + admission()
+            except redis.RedisError as exc:
+                self._report("admission", exc)
+                self._next_admit = now + 0.2
 
     # -- iteration ---------------------------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
@@ -511,7 +522,8 @@ class StreamConsumer(Consumer):
             if msg is not None:
                 return msg
             room = self.prefetch - self.outstanding
-            wake = min(self._next_heartbeat, self._next_reclaim, self._next_promote)
+            wake = min(self._next_heartbeat, self._next_reclaim, self._next_promote,
+                       self._next_admit if self.broker.admission is not None else self._next_promote)
             block_ms = int(max(1.0, min(self.timeout, (wake - now) * 1000)))
             if room <= 0:
                 self._room.clear()

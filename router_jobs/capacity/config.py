@@ -19,6 +19,7 @@ and the field. No secret lives here: secrets come from the secret store by ``key
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -53,6 +54,38 @@ class Cost(BaseModel):
         return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
 
 
+EnforcementMode = Literal["rolling", "bucket", "quantized"]
+
+
+class Enforcement(BaseModel):
+    """How the provider enforces a scope's per-minute limits, so admission can pace to it.
+
+    * ``rolling``: at most the limit in any 60 s window.
+    * ``bucket``: a token bucket of ``capacity`` (default: the limit) refilled continuously at
+      limit/60 per second. Admission enforces it as a rolling window of capacity / refill
+      seconds holding ``capacity``: any interval of T seconds then holds at most
+      capacity + refill x T, which is exactly what such a bucket accepts, at its full
+      long-run rate.
+    * ``quantized``: the minute's limit is also enforced per second, as ceil(limit / 60)
+      (+ ``burst``) per second; admission adds that 1 s window.
+
+    Daily (86,400 s) quotas are never paced; other windows (e.g. 100 per 10 s) like minutes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: EnforcementMode = "rolling"
+    burst: int = Field(default=0, ge=0)
+    capacity: int | None = Field(default=None, gt=0)
+
+
+#: Enforcement assumed when a key names none; see docs/architecture.md for each source.
+PROVIDER_ENFORCEMENT: dict[str, EnforcementMode] = {
+    "openai": "quantized", "anthropic": "bucket", "gemini": "rolling", "openai-compatible": "rolling",
+    "fake": "rolling",
+}
+
+
 class Limits(BaseModel):
     """Limits of one scope (a key or a quota group). ``None`` means unlimited."""
 
@@ -66,6 +99,25 @@ class Limits(BaseModel):
     otpm: int | None = Field(default=None, gt=0)
     max_concurrency: int | None = Field(default=None, gt=0)
     windows: list[Window] = Field(default_factory=list)
+    enforcement: Enforcement | None = None
+
+    def enforced_windows(self, provider: str | None = None) -> list[Window]:
+        """:meth:`all_windows` as admission paces them under the scope's enforcement model
+        (given, else the provider's default, else rolling)."""
+        enf = self.enforcement or Enforcement(mode=PROVIDER_ENFORCEMENT.get(provider or "", "rolling"))
+        out: list[Window] = []
+        for w in self.all_windows():
+            if w.seconds >= 86400.0 or enf.mode == "rolling":  # daily quotas are not paced
+                out.append(w)
+            elif enf.mode == "bucket":
+                cap = min(enf.capacity or w.limit, w.limit) if w.unit == "requests" else w.limit
+                out.append(Window(limit=cap, seconds=w.seconds * cap / w.limit, unit=w.unit))
+            else:
+                out.append(w)
+                per_second = math.ceil(w.limit / w.seconds) + enf.burst
+                if w.seconds > 1.0 and per_second < w.limit:
+                    out.append(Window(limit=per_second, seconds=1.0, unit=w.unit))
+        return out
 
     def all_windows(self) -> list[Window]:
         """Every limit of the scope as a sliding window (daily limits as 86,400 s windows)."""

@@ -126,7 +126,7 @@ class KeyHealth:
                 recent[kind] = recent.get(kind, 0) + int(v)
         lat = [float(x) for x in samples]
         ee, le, ovt, ovn = (None if v is None else float(v) for v in stats)
-        limits = self._usage(f"k:{key_id}", compile_limits(cfg), now)
+        limits = self._usage(f"k:{key_id}", compile_limits(cfg, cfg.provider), now)
         group = None
         if cfg.quota_group:
             grp = self.cache.current().groups.get(cfg.quota_group)

@@ -33,14 +33,15 @@ from router_jobs.errors import ConfigError
 _UNITS = ("requests", "tokens", "input_tokens", "output_tokens")
 
 
-def compile_limits(limits: Limits) -> list[list[int]]:
-    """Limits as ``[[window_ms, requests, tokens, input, output], ...]`` (0 = no limit).
+def compile_limits(limits: Limits, provider: str | None = None) -> list[list[int]]:
+    """Limits as ``[[window_ms, requests, tokens, input, output], ...]`` (0 = no limit),
+    paced as the scope's enforcement model (or the provider's default) requires.
 
     Windows of equal length share one log; when two limits name the same unit and length,
     the smaller wins.
     """
     by_ms: dict[int, list[int]] = {}
-    for w in limits.all_windows():
+    for w in limits.enforced_windows(provider):
         ms = int(round(w.seconds * 1000))
         row = by_ms.setdefault(ms, [ms, 0, 0, 0, 0])
         i = 1 + _UNITS.index(w.unit)
@@ -58,7 +59,7 @@ def key_spec(cfg: KeyConfig) -> dict[str, Any]:
         "ci": cfg.cost.input,
         "co": cfg.cost.output,
         "wt": cfg.weight,
-        "L": compile_limits(cfg),
+        "L": compile_limits(cfg, cfg.provider),
     }
 
 

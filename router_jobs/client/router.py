@@ -26,6 +26,7 @@ from router_jobs.backend.ops import Steps, drive
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import KeysFile, load_keys
 from router_jobs.capacity.redis_pool import RedisKeyPool
+from router_jobs.capacity.scheduler import Position, Scheduler
 from router_jobs.client import rules, seedcalls
 from router_jobs.client.waiting import JobWaiter
 from router_jobs.conversations.store import ConversationStore
@@ -169,6 +170,8 @@ class Router:
             redis_call("reading the key registry", lambda: self.pool.registry.current(force=True),
                        budget=redis_budget)
         self._file_models: tuple[float, dict[str, set[str]]] | None = None
+        self.scheduler = Scheduler(self.pool, interactive_share=settings.interactive_share,
+                                   interactive_hold_ms=int(settings.interactive_hold_s * 1000))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:
@@ -272,6 +275,11 @@ class Router:
     def status(self, job: JobRef) -> JobResult | None:
         """The job's current state (its result once it ended); None if unknown or expired."""
         return self.jobs.get(job_id_of(job))
+
+    def position(self, job: JobRef) -> Position | None:
+        """A waiting job's place in its model's line (0: next) and estimated start time (epoch
+        seconds); None when it is not waiting in line (admitted, running, ended, unknown)."""
+        return self.scheduler.position(job_id_of(job))
 
     def cancel(self, job: JobRef) -> bool:
         """Cancel a job that has not started (or is waiting for room). True if cancelled."""

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from router_jobs.backend.ops import Op, Steps
+from router_jobs.capacity.scheduler import Demand
 from router_jobs.conversations.store import check_conv_id
 from router_jobs.errors import JobValidationError, SubmitRateLimited
-from router_jobs.jobs.records import new_job_id
+from router_jobs.jobs.records import job_message, new_job_id
 from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
 from router_jobs.observability.metrics import record_submitted
 from router_jobs.streaming.live import ending_event, waiting_event
+from router_jobs.tokens import estimate_extra_tokens, estimate_tokens
 
 if TYPE_CHECKING:
     from router_jobs.client.router import Router
@@ -79,6 +81,10 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
         spec = spec.model_copy(update={"turn_seq": seq})
         drawn = True
     job_id = job_id or new_job_id()
+    # a job that needs nothing but room goes straight into the key pool's line (admitted at
+    # once when a key has room): it is delivered once, when it can run. Conversation turns
+    # and delayed jobs go through a worker first (turn order, history size, the delay).
+    in_line = spec.conversation_id is None and delay <= 0
     try:
         if spec.stream:  # the first event, written before any worker can see the job
             queue = router.schema.stream(spec.priority.value)
@@ -86,7 +92,8 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
             first = (waiting_event("held back by submit", int(delay * 1000), ahead) if delay > 0
                      else waiting_event("submitted", None, ahead))
             yield router.events.append_op(job_id, [first])
-        got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id, delay_ms=int(delay * 1000))
+        got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id, delay_ms=int(delay * 1000),
+                                                      hold=in_line)
     except BaseException:
         if drawn:
             yield from release_unused_turn_steps(router, spec, job_id)
@@ -94,6 +101,19 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
     if spec.stream and got_id != job_id:  # deduplicated: the earlier job's stream is the one
         orphan = router.schema.job_events(job_id)
         yield Op(lambda c: c.delete(orphan))
+    to_line = in_line and not existed
+    if in_line and existed:
+        # submitted before (an idempotency key): if that submit never reached the line (its
+        # producer died between the two steps), the job is queued and was never delivered;
+        # putting it in line again is harmless otherwise (a waiting or admitted job is kept)
+        status, deliveries = yield Op(lambda c: c.hmget(router.schema.job(got_id), "status", "deliveries"))
+        to_line = (status.decode() if isinstance(status, bytes) else status) == "queued" and not int(deliveries or 0)
+    if to_line:
+        queue = spec.priority.value
+        tokens = estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
+            spec.tools, spec.output_format(), spec.model)
+        demand = Demand.for_spec(got_id, queue, spec, tokens, job_message(got_id, queue))
+        yield from router.scheduler.enqueue_steps([demand])
     record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
     if existed and spec.conversation_id is not None and spec.turn_seq is not None:
         yield convs.finish_turn_op(spec.conversation_id, spec.turn_seq)  # the drawn turn is unused
@@ -130,8 +150,8 @@ def cancel_steps(router: Router, job_id: str) -> Steps[bool]:
         return False
     if spec is not None and spec.stream:  # the reader of its stream ends with the cancellation
         yield router.events.append_op(job_id, [ending_event(result)])
-    # give back a slot the job may have booked while it waited for room
-    yield from router.pool.release_steps(f"{job_id}:{current.attempts}")
+    # out of the pool's line; an admission not yet claimed gives its room back
+    yield from router.scheduler.remove_steps([job_id])
     if spec is not None and spec.conversation_id is not None and spec.turn_seq is not None:
         yield router.conversations.finish_turn_op(spec.conversation_id, spec.turn_seq)
     return True

@@ -97,14 +97,17 @@ class JobStore:
         self.ttl = ttl_seconds
         self.scripts = JobScripts(client)
 
-    def submit_op(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0) -> Op[tuple[str, bool]]:
-        """Write the record and enqueue the job atomically; (job id, deduplicated)."""
+    def submit_op(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0,
+                  hold: bool = False) -> Op[tuple[str, bool]]:
+        """Write the record and enqueue the job atomically; (job id, deduplicated).
+
+        ``hold``: write the record only; the caller puts the job in the key pool's wait line."""
         ks = self.schema
         queue = spec.priority.value
         idem = spec.idempotency_key
         keys = [ks.job(job_id), ks.stream(queue), ks.delayed(queue), ks.idempotency(idem or "-")]
         args = [job_id, spec.model_dump_json(exclude_none=True), queue, job_message(job_id, queue),
-                self.ttl, max(0, int(delay_ms)), "1" if idem else "0"]
+                self.ttl, -1 if hold else max(0, int(delay_ms)), "1" if idem else "0"]
 
         def parse(reply: Any) -> tuple[str, bool]:
             got_id, existed = reply
@@ -112,10 +115,11 @@ class JobStore:
 
         return Op(lambda c: JobScripts.on(c).submit(keys=keys, args=args), parse)
 
-    def submit(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0) -> tuple[str, bool]:
-        """Write the record and enqueue the job atomically; returns (job id, deduplicated)."""
+    def submit(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0, hold: bool = False) -> tuple[str, bool]:
+        """Write the record and enqueue the job atomically; returns (job id, deduplicated).
+        ``hold``: the record only (the key pool's wait line admits the job)."""
         try:
-            return run(self.client, self.submit_op(spec, job_id=job_id, delay_ms=delay_ms))
+            return run(self.client, self.submit_op(spec, job_id=job_id, delay_ms=delay_ms, hold=hold))
         except redis.RedisError as exc:
             raise BrokerError(f"cannot submit job: {exc}") from exc
 

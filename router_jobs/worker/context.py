@@ -14,6 +14,7 @@ from router_jobs.admission.budgets import Budgets
 from router_jobs.broker.streams import StreamsBroker
 from router_jobs.capacity.config import Cost
 from router_jobs.capacity.redis_pool import RedisKeyPool
+from router_jobs.capacity.scheduler import AdmissionTimer, Scheduler
 from router_jobs.conversations.store import ConversationStore
 from router_jobs.conversations.turns import ChatTurns
 from router_jobs.errors import ConfigError, SecretStoreError
@@ -66,6 +67,9 @@ def build_executor() -> Executor:
     if check.outcome == "differs":
         logging.getLogger("router_jobs.worker").warning(check.message())
     costs = _PoolCosts(pool)
+    scheduler = Scheduler(pool, interactive_share=settings.interactive_share,
+                          interactive_hold_ms=int(settings.interactive_hold_s * 1000))
+    broker.admission = AdmissionTimer(scheduler)  # consumers admit waiting jobs when room is due
     secrets = build_secret_store(settings)
     # secrets read by this process are redacted from every log record it writes
     install_log_redaction(secrets.redactor, logging.getLogger())
@@ -81,6 +85,7 @@ def build_executor() -> Executor:
                        settings.history_token_budget),
         budgets=Budgets(client, ks),
         key_cost=costs.get,
+        scheduler=scheduler,
         events=EventLog(client, ks, ttl_seconds=settings.stream_ttl_seconds, maxlen=settings.stream_maxlen),
     )
 

@@ -2,13 +2,17 @@
 
 1. take the job up (``start_job.lua``): skip it if it already ended (duplicate delivery) or was
    cancelled, expire it if its deadline passed;
-2. reserve room on a key (``pool.reserve``); on :class:`~router_jobs.capacity.pool.Wait`, send the job
-   back with exactly that delay (backpressure) — or fail it when no key could ever serve it;
+2. claim the room the pool's scheduler admitted the job with (``scheduler.claim``: stamped
+   again now); a job that was not admitted (a conversation turn, a retry) or whose room is
+   gone waits in the pool's line and is delivered again when admitted — or fails when no key
+   could ever serve it. Without a scheduler, ``pool.reserve`` and a delayed redelivery;
 3. read the key's secret (it lives only in this process's memory), call the provider;
 4. settle the reservation with real usage, report the outcome to the key's health;
 5. end the job with its result, exactly once; or, for a retryable error, send it back:
    rate limits and key faults at once (the pool steers to another key), transient errors
-   after a bounded, jittered backoff; after ``max_attempts`` calls the job fails.
+   after a bounded, jittered backoff; after ``max_attempts`` calls the job fails. A provider
+   429 is not the request's fault: it cools the key for its retry hint and puts the job back
+   at the head of its line without counting an attempt.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from router_jobs import errors
 from router_jobs.admission.budgets import Budgets
 from router_jobs.capacity.config import Cost
 from router_jobs.capacity.pool import Grant, KeyPool, ReserveRequest, Wait
+from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
 from router_jobs.conversations.turns import ChatTurns
-from router_jobs.jobs.records import JobStore, StartedJob
+from router_jobs.jobs.records import JobStore, StartedJob, job_message
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
@@ -94,6 +99,7 @@ class Executor:
     chat: ChatTurns | None = None
     budgets: Budgets | None = None
     key_cost: Callable[[str], Cost | None] | None = None
+    scheduler: Scheduler | None = None
     events: EventLog | None = None  # where jobs submitted with stream=True stream their answer
     _next_revalidate: float = 0.0
 
@@ -125,9 +131,11 @@ class Executor:
             log.warning("job %s: record is gone (expired); dropping the message", job_id)
             return "skipped"
         if job.status_before.terminal:
+            self._drop_admission(job_id)
             return "skipped"
         spec = job.spec
         if spec.deadline is not None and job.now > spec.deadline:
+            self._drop_admission(job_id)
             return self._end(job, queue, JobStatus.expired, "expired", "deadline passed before the job could run")
 
         if self.chat is not None and spec.conversation_id is not None:
@@ -144,6 +152,15 @@ class Executor:
             messages = spec.chat_messages()
         input_tokens = self.estimate_tokens(messages, spec.model) + estimate_extra_tokens(
             spec.tools, spec.output_format(), spec.model)
+        if self.scheduler is not None:
+            claimed = self.scheduler.claim(job_id)
+            if isinstance(claimed, Grant):
+                return self._call(job, queue, claimed, messages, defer)
+            if isinstance(claimed, Refused):
+                return self._end(job, queue, JobStatus.failed, "no_capacity", claimed.reason)
+            return self._wait_in_line(job, queue, input_tokens, job.attempts, job.excluded,
+                                      head=isinstance(claimed, Lost),
+                                      reason=claimed.reason if isinstance(claimed, Lost) else "no room: waiting in line")
         waited = job.now - job.queued_at
         use_fallbacks = spec.max_wait is None or waited >= spec.max_wait
         models = spec.models() if use_fallbacks else [spec.model]
@@ -199,6 +216,31 @@ class Executor:
         return ended
 
     # -- steps ------------------------------------------------------------------------------
+    def _settled(self, job_id: str) -> None:
+        """The job's reservation was settled: its grant is forgotten, freed room admits others."""
+        if self.scheduler is not None:
+            self.scheduler.settled([job_id])
+
+    def _drop_admission(self, job_id: str) -> None:
+        """A job that will not run gives back an admission it may hold."""
+        if self.scheduler is not None:
+            self.scheduler.remove([job_id])
+
+    def _wait_in_line(self, job: StartedJob, queue: str, input_tokens: int, attempts: int,
+                      excluded: frozenset[str], *, head: bool, reason: str = "no room: waiting in line") -> str:
+        """Park the job and put it in the pool's line; it comes back once, when admitted."""
+        assert self.scheduler is not None
+        spec = job.spec
+        if not self.jobs.park(job.job_id, attempts=attempts, excluded=excluded):
+            return "skipped"  # ended meanwhile (cancelled)
+        if input_tokens <= 0:
+            input_tokens = self.estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
+                spec.tools, spec.output_format(), spec.model)
+        self._state(job, reason, None)  # before the job can be admitted and taken up again
+        self.scheduler.enqueue([demand_of(job, queue, input_tokens, excluded)], head=head)
+        self.observer.job_deferred(spec, 0, reason)
+        return "deferred"
+
     def _wait(self, job: StartedJob, queue: str, wait: Wait, defer: Callable[[int], None],
               reservation_id: str, max_wait_left: float) -> str:
         spec = job.spec
@@ -223,6 +265,7 @@ class Executor:
             api_key = self.secrets.get(grant.key_id)
         except errors.SecretStoreError as exc:
             self.pool.settle(grant, None)
+            self._settled(job.job_id)
             log.error("job %s: no secret for key %s: %s", job.job_id, grant.key_id, exc)
             # counts as an attempt: the settled reservation id must not be reused
             return self._retry(job, queue, attempts, job.excluded | {grant.key_id}, 0, defer,
@@ -233,6 +276,7 @@ class Executor:
             adapter = self.adapter_for(grant.provider)
         except errors.ConfigError as exc:  # e.g. the provider's SDK is not installed
             self.pool.settle(grant, None)
+            self._settled(job.job_id)
             log.error("job %s: provider %s unavailable: %s", job.job_id, grant.provider, exc)
             return self._end(job, queue, JobStatus.failed, "provider_unavailable", str(exc),
                              attempts=job.attempts, grant=grant)
@@ -252,10 +296,15 @@ class Executor:
                     live.close()
             seconds = time.monotonic() - started
             self.pool.settle(grant, None)
+            self._settled(job.job_id)
             self.pool.report_error(grant, exc, secret_fingerprint=_fingerprint(api_key))
             self.observer.provider_call(grant, seconds, exc, None)
             log.info("job %s: %s on key %s (attempt %d): %s", job.job_id, exc.error_type, grant.key_id,
                      attempts, exc)
+            if self.scheduler is not None and isinstance(exc, errors.ProviderRateLimited):
+                # the key is cooled for its hint; not the request's fault: no attempt counted
+                return self._wait_in_line(job, queue, 0, job.attempts,
+                                          job.excluded, head=True, reason=exc.error_type)
             if not exc.retryable:
                 return self._end(job, queue, JobStatus.failed, exc.error_type, str(exc), attempts=attempts,
                                  grant=grant)
@@ -263,12 +312,17 @@ class Executor:
             delay = 0 if exc.key_fault else backoff_ms(attempts)
             return self._retry(job, queue, attempts, excluded, delay, defer, exc.error_type, str(exc), grant)
         except Exception:
-            # an adapter bug: free the estimate, then let Dramatiq's retries (and, once they
-            # are exhausted, the dead-letter ending) take over
-            self.pool.settle(grant, None)
+            # an adapter bug: let Dramatiq's retries (and, once they are exhausted, the
+            # dead-letter ending) take over. With the scheduler the reservation stays for the
+            # retry, which claims the same one (a settled one would send the job back to the
+            # line as a fresh message, and the retries would never run out)
+            if self.scheduler is None:
+                self.pool.settle(grant, None)
             raise
         seconds = time.monotonic() - started
         self.pool.settle(grant, response.usage)
+        if self.scheduler is not None:  # refunded tokens and the released lease may admit others
+            self.scheduler.settled([job.job_id])
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)
         self.observer.provider_call(grant, seconds, None, response.usage)
         if self.chat is not None:
@@ -289,13 +343,15 @@ class Executor:
             return self._end(job, queue, JobStatus.failed, error_type,
                              f"gave up after {attempts} attempts; last error: {message}",
                              attempts=attempts, grant=grant)
+        if delay == 0 and self.scheduler is not None:
+            return self._wait_in_line(job, queue, 0, attempts, excluded, head=True, reason=error_type)
         self.jobs.park(job.job_id, attempts=attempts, excluded=excluded)
         self._state(job, f"retrying after {error_type}", delay)  # before the job can be taken up again
         defer(delay)
         self.observer.job_deferred(job.spec, delay, error_type)
         return "deferred"
 
-    def _state(self, job: StartedJob, reason: str, eta_ms: int) -> None:
+    def _state(self, job: StartedJob, reason: str, eta_ms: int | None) -> None:
         if job.spec.stream and self.events is not None:
             self.events.append(job.job_id, [waiting_event(reason, eta_ms)])
 
@@ -334,3 +390,9 @@ class Executor:
         if self.chat is not None:
             self.chat.finish(spec)
         return status.value
+
+
+def demand_of(job: StartedJob, queue: str, input_tokens: int, excluded: frozenset[str]) -> Demand:
+    """What the pool's line needs to know about a job that waits for room."""
+    return Demand.for_spec(job.job_id, queue, job.spec, input_tokens, job_message(job.job_id, queue),
+                           excluded=excluded, arrival_ms=int(job.queued_at * 1000))

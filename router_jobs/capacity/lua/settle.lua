@@ -13,6 +13,11 @@
 --         the request stays counted), 'release' (a booked slot is given back entirely;
 --         on a granted reservation it acts as 'refund')
 -- Returns 1 when settled now, 0 when unknown or already settled.
+--
+-- A granted request is stamped again with the settle time (never earlier than its stamp):
+-- the provider received it somewhere between the claim and now, so from now on its entry
+-- leaves our windows only after the provider's copy has, however long the request took to
+-- reach the provider on a busy worker.
 
 local SEP = '\31'
 local tm = redis.call('TIME')
@@ -42,24 +47,30 @@ else
   neww = {1, 0, 0, 0}
 end
 
+local ts = rec.t
+if rec.s == 'g' and now > ts then ts = now end
 for _, prefix in ipairs(rec.p) do
   local old = prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(rec.w)
-  if redis.call('ZREM', KEYS[2], old) == 1 then
+  local present = redis.call('ZREM', KEYS[2], old) == 1
+  -- an entry already trimmed is written again when the request is restamped later
+  if present or (neww and ts > rec.t) then
     local s = {0, 0, 0, 0, 0}
     local sraw = redis.call('HGET', KEYS[3], prefix)
     if sraw then
       local j = 1
       for v in string.gmatch(sraw, '%S+') do s[j] = tonumber(v); j = j + 1 end
     end
-    for u = 1, 4 do s[u] = s[u] - rec.w[u] end
+    if present then for u = 1, 4 do s[u] = s[u] - rec.w[u] end end
     if neww then
-      redis.call('ZADD', KEYS[2], 0, prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(neww))
+      redis.call('ZADD', KEYS[2], 0, prefix .. pad(ts) .. SEP .. rid .. SEP .. wstr(neww))
       for u = 1, 4 do s[u] = s[u] + neww[u] end
+      if ts > s[5] then s[5] = ts end
     end
     for u = 1, 4 do if s[u] < 0 then s[u] = 0 end end
     redis.call('HSET', KEYS[3], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
   end
 end
+rec.t = ts
 
 if rec.lm and redis.call('ZREM', KEYS[4], rec.lm) == 1 then
   if redis.call('HINCRBY', KEYS[5], 'k:' .. rec.k, -1) < 0 then redis.call('HSET', KEYS[5], 'k:' .. rec.k, 0) end

@@ -9,7 +9,8 @@
 -- ARGV[3]  queue name
 -- ARGV[4]  encoded broker message
 -- ARGV[5]  record TTL in seconds
--- ARGV[6]  delay in ms before the job may run (0: now)
+-- ARGV[6]  delay in ms before the job may run (0: now; -1: not enqueued here, the key
+--          pool's wait line admits it)
 -- ARGV[7]  '1' when KEYS[4] is an idempotency key to honour
 -- Returns {job id, 1 if it already existed else 0}.
 if ARGV[7] == '1' then
@@ -22,7 +23,9 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'spec', ARGV[2], 'queue', ARGV[3], 's
   'queued_at', string.format('%.6f', now), 'attempts', 0, 'deliveries', 0)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 local delay = tonumber(ARGV[6])
-if delay > 0 then
+if delay < 0 then
+  -- held for the pool's wait line (admit.lua enqueues the message when room exists)
+elseif delay > 0 then
   redis.call('ZADD', KEYS[3], now * 1000 + delay, ARGV[4])
 else
   redis.call('XADD', KEYS[2], '*', 'm', ARGV[4])

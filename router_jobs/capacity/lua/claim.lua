@@ -1,0 +1,67 @@
+-- claim.lua: a worker takes up the admission of a job it was delivered. The reservation was
+-- stamped at admission; it is stamped again now (server TIME), when the call really starts,
+-- if the key still has room at this moment; otherwise the job goes back to its line.
+--
+-- KEYS[1..10]  spec, gspec, state, log, sums, res, rexp, lease, inflight, stats (as reserve.lua)
+-- KEYS[11] grants  hash  job id -> reservation id ('!'..reason: refused for good); kept
+--                        after the claim until the reservation is settled (a redelivery
+--                        after a worker died runs on the same reservation)
+-- KEYS[12..] free zsets of the pool's models (a key whose room came back is looked at again)
+-- ARGV[1] job id   ARGV[2] margin ms   ARGV[3] lease grace ms   ARGV[4] record keep ms
+-- ARGV[5] concurrency poll ms
+-- Returns {'n'} no admission | {'x', reason} refused | {'l', reason} no room any more |
+--         {'g', key_id, model, reservation id, stamp ms}
+
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local id = ARGV[1]
+local margin, grace, keep, cpoll = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+
+--@include poollib
+
+local rid_of_rec = ''
+local function lost(rec, why)
+  redis.call('HDEL', KEYS[11], id)
+  rec.s = 'd'
+  redis.call('HSET', KEYS[6], rid_of_rec, cjson.encode(rec))
+  for i = 12, #KEYS do redis.call('ZADD', KEYS[i], 'XX', 'LT', now, rec.k) end
+  return {'l', why}
+end
+
+local rid = redis.call('HGET', KEYS[11], id)
+if not rid then return {'n'} end
+if string.sub(rid, 1, 1) == '!' then
+  redis.call('HDEL', KEYS[11], id)
+  return {'x', string.sub(rid, 2)}
+end
+local raw = redis.call('HGET', KEYS[6], rid)
+if not raw then
+  redis.call('HDEL', KEYS[11], id)
+  return {'n'}
+end
+local rec = cjson.decode(raw)
+rid_of_rec = rid
+-- claimed before and not settled: a redelivery after its worker died keeps its reservation
+if rec.s == 'g' then return {'g', rec.k, rec.m, rid, tostring(rec.t)} end
+if rec.s ~= 'a' then
+  redis.call('HDEL', KEYS[11], id)
+  return {'n'}
+end
+local spec_raw = redis.call('HGET', KEYS[1], rec.k)
+if not spec_raw then
+  remove_entries(rec, rid)
+  drop_lease(rec)
+  return lost(rec, 'key ' .. rec.k .. ' was removed')
+end
+local spec = cjson.decode(spec_raw)
+remove_entries(rec, rid)
+drop_lease(rec)
+local at = key_fit(rec.k, spec, rec.w, 1)
+if at ~= now then return lost(rec, 'key ' .. rec.k .. ' has no room at call time') end
+rec.p = append(rec.k, spec, now, rid, rec.w)
+rec.t = now
+take_lease(rec.k, spec, rec, rid)
+rec.s = 'g'
+redis.call('HSET', KEYS[6], rid, cjson.encode(rec))
+redis.call('ZADD', KEYS[7], now + spec.to + grace + keep, rid)
+return {'g', rec.k, rec.m, rid, tostring(rec.t)}

@@ -1,0 +1,238 @@
+-- poollib.lua: helpers shared by admit.lua and claim.lua, included where a script says
+-- "--@include poollib" (after it has set now, margin, grace, keep and cpoll). Touches only
+-- KEYS[1..10], laid out as in reserve.lua:
+-- KEYS[1] spec  KEYS[2] gspec  KEYS[3] state  KEYS[4] log  KEYS[5] sums  KEYS[6] res
+-- KEYS[7] rexp  KEYS[8] lease  KEYS[9] inflight  KEYS[10] stats
+-- ARGV: none of its own.
+
+local SEP = '\31'
+
+local function pad(ms) return string.format('%015d', ms) end
+
+local function wstr(w) return w[1] .. ',' .. w[2] .. ',' .. w[3] .. ',' .. w[4] end
+
+local function parse_member(m, plen)
+  local ts = tonumber(string.sub(m, plen + 1, plen + 15))
+  local a, b, c, d = string.match(m, '(%d+),(%d+),(%d+),(%d+)$')
+  return ts, {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
+end
+
+local function read_sums(prefix)
+  local raw = redis.call('HGET', KEYS[5], prefix)
+  local s = {0, 0, 0, 0, 0}
+  if raw then
+    local i = 1
+    for v in string.gmatch(raw, '%S+') do s[i] = tonumber(v); i = i + 1 end
+  end
+  return s
+end
+
+local function write_sums(prefix, s)
+  redis.call('HSET', KEYS[5], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
+end
+
+-- housekeeping: expired concurrency leases and old reservation records, a few per call
+local function sweep()
+  local due = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now, 'LIMIT', 0, 32)
+  for _, lm in ipairs(due) do
+    local k, g = string.match(lm, '^([^\31]*)\31([^\31]*)\31')
+    if k and redis.call('HINCRBY', KEYS[9], 'k:' .. k, -1) < 0 then redis.call('HSET', KEYS[9], 'k:' .. k, 0) end
+    if g and g ~= '' and redis.call('HINCRBY', KEYS[9], 'g:' .. g, -1) < 0 then
+      redis.call('HSET', KEYS[9], 'g:' .. g, 0)
+    end
+    redis.call('ZREM', KEYS[8], lm)
+  end
+  local old = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 32)
+  for _, r in ipairs(old) do
+    redis.call('HDEL', KEYS[6], r)
+    redis.call('ZREM', KEYS[7], r)
+  end
+end
+
+-- drop entries that left the window (ts + ms + margin <= now); return the live sums
+local trimmed = {}
+local function trim(prefix, ms)
+  local s = read_sums(prefix)
+  if trimmed[prefix] then return s end
+  trimmed[prefix] = true
+  local hi = '(' .. prefix .. pad(now - ms - margin + 1)
+  local changed = false
+  while true do
+    local old = redis.call('ZRANGEBYLEX', KEYS[4], '[' .. prefix, hi, 'LIMIT', 0, 100)
+    if #old == 0 then break end
+    for _, m in ipairs(old) do
+      local _, w = parse_member(m, #prefix)
+      for u = 1, 4 do s[u] = s[u] - w[u] end
+    end
+    redis.call('ZREM', KEYS[4], unpack(old))
+    changed = true
+    if #old < 100 then break end
+  end
+  if changed then
+    for u = 1, 4 do if s[u] < 0 then s[u] = 0 end end
+    write_sums(prefix, s)
+  end
+  return s
+end
+
+-- the limit of unit u as seen by a request class: `scale` (< 1 for batch work while part of
+-- each key is held for interactive work) shrinks it, never below the request itself
+local function scaled(l, scale, wu)
+  if scale >= 1 then return l end
+  local v = math.floor(l * scale)
+  if v < wu then v = wu end
+  if v > l then v = l end
+  return v
+end
+
+-- earliest time (>= now) at which w fits in this log; -1: never (w > limit). The log is kept
+-- in stamp order (lexicographic members), so one walk from the newest entry back is exact.
+local function log_fit(prefix, ms, lim, s, w, scale)
+  local need = false
+  local L = {0, 0, 0, 0}
+  for u = 1, 4 do
+    local l = lim[u + 1]
+    if l > 0 then
+      if w[u] > l then return -1 end
+      L[u] = scaled(l, scale, w[u])
+      if s[u] + w[u] > L[u] then need = true end
+    end
+  end
+  if not need then return now end
+  local at = now
+  local acc = {0, 0, 0, 0}
+  local lo = '[' .. prefix
+  local cursor = '(' .. prefix .. '\255'
+  while true do
+    local batch = redis.call('ZREVRANGEBYLEX', KEYS[4], cursor, lo, 'LIMIT', 0, 64)
+    if #batch == 0 then return at end
+    for _, m in ipairs(batch) do
+      local ts, ew = parse_member(m, #prefix)
+      for u = 1, 4 do
+        if L[u] > 0 and acc[u] + ew[u] + w[u] > L[u] then
+          local e = ts + ms + margin
+          if e > at then at = e end
+          return at
+        end
+      end
+      for u = 1, 4 do acc[u] = acc[u] + ew[u] end
+    end
+    cursor = '(' .. batch[#batch]
+  end
+end
+
+-- nil when the key can never serve now (disabled/invalid), else the time it is usable from
+local function available_from(kid, spec)
+  if spec.a == 0 then return nil, 'disabled in keys file' end
+  local raw = redis.call('HGET', KEYS[3], kid)
+  if not raw then return now end
+  local st = cjson.decode(raw)
+  if st.s == 'disabled' or st.s == 'invalid' then return nil, st.s end
+  if st.u and st.u > now then return st.u, st.s end
+  return now
+end
+
+-- scopes a key is charged in: {prefix-scope, limits list, concurrency, inflight field}
+local gcache = {}
+local function scopes(kid, spec)
+  local out = {{'k:' .. kid, spec.L, spec.c, 'k:' .. kid}}
+  if spec.g and spec.g ~= '' then
+    local g = gcache[spec.g]
+    if g == nil then
+      local raw = redis.call('HGET', KEYS[2], spec.g)
+      g = raw and cjson.decode(raw) or false
+      gcache[spec.g] = g
+    end
+    if g then out[2] = {'g:' .. spec.g, g.L, g.c, 'g:' .. spec.g} end
+  end
+  return out
+end
+
+-- exact earliest time this key can take w: at (>= now) and headroom, or -1 and a reason
+local function key_fit(kid, spec, w, scale)
+  local at, why = available_from(kid, spec)
+  if at == nil then return -1, why, 0 end
+  local head = 1e18
+  for _, sc in ipairs(scopes(kid, spec)) do
+    for _, lim in ipairs(sc[2]) do
+      local prefix = sc[1] .. SEP .. lim[1] .. SEP
+      local s = trim(prefix, lim[1])
+      local f = log_fit(prefix, lim[1], lim, s, w, scale)
+      if f < 0 then return -1, 'request larger than a limit of ' .. sc[1], 0 end
+      if f > at then at = f end
+      for u = 1, 4 do
+        local l = lim[u + 1]
+        if l > 0 then
+          local h = (l - s[u] - w[u]) / l
+          if h < head then head = h end
+        end
+      end
+    end
+    if sc[3] and sc[3] > 0 then
+      local n = tonumber(redis.call('HGET', KEYS[9], sc[4]) or '0')
+      if n >= sc[3] and at < now + cpoll then at = now + cpoll end
+    end
+  end
+  return at, why, head
+end
+
+-- keep a model's free index true for this key (earliest time it may take one request)
+local UNIT = {1, 1, 1, 1}
+local function rescore(kid, spec, fkey, picked)
+  local at = key_fit(kid, spec, UNIT, 1)
+  if at < 0 then
+    redis.call('ZADD', fkey, 'XX', '+inf', kid)
+  elseif picked or at > now then
+    redis.call('ZADD', fkey, 'XX', at, kid)
+  else
+    redis.call('ZADD', fkey, 'XX', 'LT', at, kid)
+  end
+end
+
+-- write reservation rid's entries (weights w) at time `at` in every log of the key and group
+local function append(kid, spec, at, rid, w)
+  local prefixes = {}
+  for _, sc in ipairs(scopes(kid, spec)) do
+    for _, lim in ipairs(sc[2]) do
+      local prefix = sc[1] .. SEP .. lim[1] .. SEP
+      local s = trim(prefix, lim[1])
+      redis.call('ZADD', KEYS[4], 0, prefix .. pad(at) .. SEP .. rid .. SEP .. wstr(w))
+      for u = 1, 4 do s[u] = s[u] + w[u] end
+      if at > s[5] then s[5] = at end
+      write_sums(prefix, s)
+      prefixes[#prefixes + 1] = prefix
+    end
+  end
+  return prefixes
+end
+
+-- take a reservation's entries out of the logs (those still there)
+local function remove_entries(rec, rid)
+  for _, prefix in ipairs(rec.p) do
+    local m = prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(rec.w)
+    if redis.call('ZREM', KEYS[4], m) == 1 then
+      local s = read_sums(prefix)
+      for u = 1, 4 do s[u] = math.max(0, s[u] - rec.w[u]) end
+      write_sums(prefix, s)
+    end
+  end
+end
+
+local function take_lease(kid, spec, rec, rid)
+  local g = spec.g or ''
+  local lm = kid .. SEP .. g .. SEP .. rid
+  redis.call('ZADD', KEYS[8], now + spec.to + grace, lm)
+  redis.call('HINCRBY', KEYS[9], 'k:' .. kid, 1)
+  if g ~= '' then redis.call('HINCRBY', KEYS[9], 'g:' .. g, 1) end
+  rec.lm = lm
+end
+
+local function drop_lease(rec)
+  if rec.lm and redis.call('ZREM', KEYS[8], rec.lm) == 1 then
+    if redis.call('HINCRBY', KEYS[9], 'k:' .. rec.k, -1) < 0 then redis.call('HSET', KEYS[9], 'k:' .. rec.k, 0) end
+    if rec.g ~= '' and redis.call('HINCRBY', KEYS[9], 'g:' .. rec.g, -1) < 0 then
+      redis.call('HSET', KEYS[9], 'g:' .. rec.g, 0)
+    end
+  end
+  rec.lm = nil
+end

@@ -1,0 +1,192 @@
+"""The pool's wait lines and admission (admit.lua, claim.lua) against a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import redis
+
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.capacity.config import parse_keys
+from router_jobs.capacity.pool import Grant
+from router_jobs.capacity.redis_pool import RedisKeyPool
+from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
+
+
+def make(r: redis.Redis, ns: str, *, rpm: int = 3, keys: int = 1, share: float = 0.0, margin_ms: int = 20,
+         extra: dict | None = None) -> Scheduler:
+    spec = [{"key_id": f"k{i}", "model_name": "m", "provider": "fake", "rpm": rpm, **(extra or {})}
+            for i in range(keys)]
+    pool = RedisKeyPool(r, RedisSchema(ns), parse_keys({"keys": spec}), margin_ms=margin_ms)
+    return Scheduler(pool, interactive_share=share)
+
+
+def demand(job_id: str, queue: str = "batch", fairness: str = "-", **kw: object) -> Demand:
+    return Demand(job_id=job_id, queue=queue, models=kw.pop("models", ["m"]), input_tokens=10,  # type: ignore[arg-type]
+                  max_output_tokens=10, message=f"msg-{job_id}".encode(), fairness_key=fairness, **kw)  # type: ignore[arg-type]
+
+
+def delivered(r: redis.Redis, ns: str, queue: str) -> list[str]:
+    return [f[b"m"].decode()[4:] for _id, f in r.xrange(RedisSchema(ns).stream(queue))]
+
+
+def test_admits_while_room_then_holds_the_rest_in_line(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=3)
+    out = s.enqueue([demand(f"j{i}") for i in range(5)])
+    assert out.admitted == 3 and out.waiting == 2
+    assert 55_000 < out.next_ms <= 60_100  # the next room: when the first entry leaves the window
+    assert delivered(r, namespace, "batch") == ["j0", "j1", "j2"]
+    # nothing new is admitted while the window is full, however often admission runs
+    assert s.admit(force=True).admitted == 0
+    assert s.admit().admitted == 0
+    pos = s.position("j4")
+    assert pos is not None and pos.place == 1
+
+
+def test_claim_stamps_again_and_a_job_never_admitted_is_not_claimed(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=2)
+    s.enqueue([demand("a"), demand("b"), demand("c")])
+    g = s.claim("a")
+    assert g is not None and not isinstance(g, (Refused, Lost)) and g.key_id == "k0"
+    # a redelivery after its worker died (before settling) runs on the same reservation
+    assert s.claim("a") == g
+    assert s.claim("c") is None  # still waiting in line
+    s.pool.settle(g, None)
+    s.settled(["a"])
+    assert s.claim("a") is None  # settled: a new delivery must wait in line again
+
+
+def test_interactive_is_admitted_before_any_waiting_batch(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=100, margin_ms=0, extra={"windows": [{"limit": 1, "seconds": 0.3}]})
+    s.enqueue([demand(f"b{i}") for i in range(4)])
+    s.enqueue([demand("i0", queue="interactive")])
+    assert delivered(r, namespace, "interactive") == []
+    deadline = time.monotonic() + 5
+    while not delivered(r, namespace, "interactive") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        s.admit(force=True)
+    # the first room after the window went to the interactive job, not to b2/b3 ahead of it
+    assert delivered(r, namespace, "interactive") == ["i0"]
+    assert delivered(r, namespace, "batch") == ["b0"]
+
+
+def test_weighted_fair_share_between_a_long_and_a_short_batch(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=1, margin_ms=0)
+    s.enqueue([demand("x", fairness="warm")])  # fills the window: everything below waits
+    s.enqueue([demand(f"big{i}", fairness="big") for i in range(200)])
+    s.enqueue([demand(f"small{i}", fairness="small") for i in range(10)])
+    line = [m.decode().rsplit("\x1f", 1)[1] for m in r.zrange(s.line_key("m"), 0, 19)]
+    # the 10-line batch submitted later is interleaved one for one with the 200-line one
+    assert Counter(j.rstrip("0123456789") for j in line) == {"big": 10, "small": 10}
+    assert line[:4] in (["big0", "small0", "big1", "small1"], ["small0", "big0", "small1", "big1"])
+
+
+def test_refused_for_good_is_handed_over_with_the_reason(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=3)
+    s.pool.disable("k0")
+    s.enqueue([demand("a")])
+    got = s.claim("a")
+    assert isinstance(got, Refused) and "disabled" in got.reason
+
+
+def test_claim_after_a_cooldown_puts_the_room_back(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=1)
+    s.enqueue([demand("a")])
+    s.pool.cooldown("k0", 30)
+    got = s.claim("a")
+    assert isinstance(got, Lost)
+    s.pool.clear("k0")
+    # the lost admission charged nothing: the next job is admitted at once
+    assert s.enqueue([demand("b")]).admitted == 1
+
+
+def test_cancelled_before_claim_gives_the_room_back(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=1)
+    s.enqueue([demand("a"), demand("b")])
+    assert delivered(r, namespace, "batch") == ["a"]
+    out = s.remove(["a"])
+    assert out.admitted == 1 and delivered(r, namespace, "batch") == ["a", "b"]
+
+
+def test_many_threads_admit_exactly_the_window(r: redis.Redis, namespace: str, redis_url: str) -> None:
+    s = make(r, namespace, rpm=50, keys=2)
+
+    def producer(t: int) -> None:
+        client = redis.Redis.from_url(redis_url)
+        mine = Scheduler(RedisKeyPool(client, RedisSchema(namespace), margin_ms=20))
+        for i in range(40):
+            mine.enqueue([demand(f"t{t}-{i}")])
+            mine.admit()
+        client.close()
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = delivered(r, namespace, "batch")
+    assert len(got) == len(set(got)) == 100
+    assert sum(s.lines()["m"].values()) == 220
+
+
+@pytest.mark.parametrize("burst", [0, 1])
+def test_quantized_limits_add_a_one_second_window(burst: int) -> None:
+    from router_jobs.capacity.registry import key_spec
+
+    cfg = parse_keys({"keys": [{"key_id": "a", "model_name": "m", "provider": "openai", "rpm": 150,
+                                "enforcement": {"mode": "quantized", "burst": burst}}]}).keys[0]
+    assert [1000, 3 + burst, 0, 0, 0] in key_spec(cfg)["L"]
+
+
+def test_max_wait_holds_fallbacks_back_and_none_means_at_once(r: redis.Redis, namespace: str) -> None:
+    spec = [{"key_id": "a", "model_name": "m", "provider": "fake", "rpm": 1},
+            {"key_id": "b", "model_name": "m2", "provider": "fake", "rpm": 5}]
+    s = Scheduler(RedisKeyPool(r, RedisSchema(namespace), parse_keys({"keys": spec}), margin_ms=20))
+    s.enqueue([demand("first", models=["m", "m2"])])
+    s.enqueue([demand("patient", models=["m", "m2"], max_wait_ms=60_000)])
+    s.enqueue([demand("eager", models=["m", "m2"])])
+    assert delivered(r, namespace, "batch") == ["first", "eager"]
+    eager = s.claim("eager")
+    assert isinstance(eager, Grant) and eager.model == "m2"
+    pos = s.position("patient")
+    assert pos is not None and pos.place == 0
+
+
+def test_a_job_past_its_deadline_is_handed_over_without_room(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=1)
+    s.enqueue([demand("a")])
+    s.enqueue([demand("late", deadline_ms=int(time.time() * 1000) + 150)])
+    assert delivered(r, namespace, "batch") == ["a"]
+    time.sleep(0.2)
+    s.admit(force=True)
+    assert delivered(r, namespace, "batch") == ["a", "late"]
+    assert s.claim("late") is None  # no room was taken for it: the worker expires it
+
+
+def test_position_and_eta_follow_the_line(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=60, keys=2)  # 2 requests per second in the long run
+    s.enqueue([demand(f"j{i}") for i in range(130)])
+    p0, p9 = s.position("j120"), s.position("j129")
+    assert p0 is not None and p9 is not None
+    assert (p0.place, p9.place) == (0, 9)
+    assert p9.eta - p0.eta == pytest.approx(9 / 2, abs=0.01)
+    assert s.position("j0") is None  # admitted: not waiting
+
+
+def test_batch_eta_is_never_faster_than_the_pool() -> None:
+    from router_jobs.batch.runner import BatchProgress
+
+    p = BatchProgress("b", total=100, done=10, elapsed=1.0, finished_this_run=10, pool_rate=2.0)
+    # the first window ran at 10 lines/s; the pool admits 2/s from now on
+    assert p.eta == pytest.approx(45.0)
+
+
+def test_a_model_no_key_serves_is_refused_not_lost(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, rpm=3)
+    s.enqueue([demand("a", models=["nobody-serves-this"])])
+    assert delivered(r, namespace, "batch") == ["a"]
+    got = s.claim("a")
+    assert isinstance(got, Refused) and "nobody-serves-this" in got.reason
