@@ -84,7 +84,11 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
     # a job that needs nothing but room goes straight into the key pool's line (admitted at
     # once when a key has room): it is delivered once, when it can run. Conversation turns
     # and delayed jobs go through a worker first (turn order, history size, the delay).
-    in_line = spec.conversation_id is None and delay <= 0
+    # A model the registry does not know yet (no worker has seeded it from the keys file)
+    # also goes through a worker: the worker seeds the registry, then puts the job in line.
+    registry = yield from router.pool.registry.refresh_steps()
+    has_line = any(spec.model in k.served_models() for k in registry.keys.values())
+    in_line = spec.conversation_id is None and delay <= 0 and has_line
     try:
         if spec.stream:  # the first event, written before any worker can see the job
             queue = router.schema.stream(spec.priority.value)
