@@ -1,5 +1,8 @@
 """Lua scripts: each concern keeps its scripts in its own ``lua/`` folder (package data).
 
+A script may include a library of the same folder with a line ``--@include <name>`` (Lua
+has no import inside Redis); the loader pastes the library in its place.
+
 A concern declares the scripts it runs by name on a :class:`ScriptSet` subclass::
 
     class CapacityScripts(ScriptSet):
@@ -28,6 +31,20 @@ def script_source(package: str, name: str) -> str:
     return resources.files(package).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
+def expand_includes(package: str, name: str, seen: set[str]) -> str:
+    """``lua/<name>.lua`` with its ``--@include`` lines replaced by the libraries' text."""
+    seen.add(name)
+    out = []
+    for line in script_source(package, name).splitlines():
+        if line.startswith("--@include "):
+            lib = line.split()[1]
+            if lib not in seen:
+                out.append(expand_includes(package, lib, seen).rstrip("\n"))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 class lua:  # noqa: N801  (reads as a declaration: ``reserve = lua("reserve")``)
     """A named script of the package that declares it; registered on the set's client on first use."""
 
@@ -41,8 +58,9 @@ class lua:  # noqa: N801  (reads as a declaration: ``reserve = lua("reserve")``)
 
     @property
     def source(self) -> str:
-        """The script's text."""
-        return script_source(self.package, self.name)
+        """The script's text, each ``--@include <name>`` line replaced by ``lua/<name>.lua``
+        of the same package (itself expanded; each library at most once)."""
+        return expand_includes(self.package, self.name, set())
 
     @overload
     def __get__(self, obj: None, owner: type) -> lua: ...

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router_jobs.backend.ops import Op, Steps, drive
-from router_jobs.backend.scripts import ScriptSet, lua, script_source
+from router_jobs.backend.scripts import ScriptSet, lua
 from router_jobs.capacity.pool import Grant
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.models import JobSpec
@@ -47,25 +47,11 @@ from router_jobs.models import JobSpec
 SHARED = "-"
 
 
-class lua_with_lib(lua):  # noqa: N801  (a declaration, like ``lua``)
-    """A script whose ``--@include <name>`` lines are replaced by ``lua/<name>.lua``."""
-
-    @property
-    def source(self) -> str:
-        out = []
-        for line in script_source(self.package, self.name).splitlines():
-            if line.startswith("--@include "):
-                out.append(script_source(self.package, line.split()[1]))
-            else:
-                out.append(line)
-        return "\n".join(out) + "\n"
-
-
 class SchedulerScripts(ScriptSet):
     """The scheduler's Lua scripts (``capacity/lua/admit.lua``, ``claim.lua``)."""
 
-    admit = lua_with_lib("admit")
-    claim = lua_with_lib("claim")
+    admit = lua("admit")
+    claim = lua("claim")
 
 
 @dataclass(frozen=True)

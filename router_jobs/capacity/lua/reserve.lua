@@ -19,7 +19,6 @@
 -- ARGV[10] excluded key ids joined by \31     ARGV[11..] model names (same order as KEYS)
 -- Returns {'g', key_id, model, slot_ms} or {'w', wait_ms, reason, retryable 0|1}.
 
-local SEP = '\31'
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 local rid = ARGV[1]
@@ -34,73 +33,7 @@ for k in string.gmatch(ARGV[10], '[^\31]+') do excluded[k] = true end
 local models = {}
 for i = 11, #ARGV do models[#models + 1] = ARGV[i] end
 
-local function pad(ms) return string.format('%015d', ms) end
-
-local function wstr(w) return w[1] .. ',' .. w[2] .. ',' .. w[3] .. ',' .. w[4] end
-
-local function parse_member(m, plen)
-  local ts = tonumber(string.sub(m, plen + 1, plen + 15))
-  local a, b, c, d = string.match(m, '(%d+),(%d+),(%d+),(%d+)$')
-  return ts, {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
-end
-
-local function read_sums(prefix)
-  local raw = redis.call('HGET', KEYS[5], prefix)
-  local s = {0, 0, 0, 0, 0}
-  if raw then
-    local i = 1
-    for v in string.gmatch(raw, '%S+') do s[i] = tonumber(v); i = i + 1 end
-  end
-  return s
-end
-
-local function write_sums(prefix, s)
-  redis.call('HSET', KEYS[5], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
-end
-
--- housekeeping: expired concurrency leases and old reservation records, a few per call
-local function sweep()
-  local due = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now, 'LIMIT', 0, 32)
-  for _, lm in ipairs(due) do
-    local k, g = string.match(lm, '^([^\31]*)\31([^\31]*)\31')
-    if k and redis.call('HINCRBY', KEYS[9], 'k:' .. k, -1) < 0 then redis.call('HSET', KEYS[9], 'k:' .. k, 0) end
-    if g and g ~= '' and redis.call('HINCRBY', KEYS[9], 'g:' .. g, -1) < 0 then
-      redis.call('HSET', KEYS[9], 'g:' .. g, 0)
-    end
-    redis.call('ZREM', KEYS[8], lm)
-  end
-  local old = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 32)
-  for _, r in ipairs(old) do
-    redis.call('HDEL', KEYS[6], r)
-    redis.call('ZREM', KEYS[7], r)
-  end
-end
-
--- drop entries that left the window (ts + ms + margin <= now); return the live sums
-local trimmed = {}
-local function trim(prefix, ms)
-  local s = read_sums(prefix)
-  if trimmed[prefix] then return s end
-  trimmed[prefix] = true
-  local hi = '(' .. prefix .. pad(now - ms - margin + 1)
-  local changed = false
-  while true do
-    local old = redis.call('ZRANGEBYLEX', KEYS[4], '[' .. prefix, hi, 'LIMIT', 0, 100)
-    if #old == 0 then break end
-    for _, m in ipairs(old) do
-      local _, w = parse_member(m, #prefix)
-      for u = 1, 4 do s[u] = s[u] - w[u] end
-    end
-    redis.call('ZREM', KEYS[4], unpack(old))
-    changed = true
-    if #old < 100 then break end
-  end
-  if changed then
-    for u = 1, 4 do if s[u] < 0 then s[u] = 0 end end
-    write_sums(prefix, s)
-  end
-  return s
-end
+--@include windowlib
 
 -- earliest time at which w fits in this log (now, or >= the last entry when the live total
 -- has no room: entries are then appended in time order); -1: never (w > limit)
