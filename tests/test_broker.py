@@ -118,7 +118,7 @@ def test_delay_uses_server_clock_and_promotion_moves_each_message_once(
     workers = [start_worker(broker, threads=2) for _ in range(3)]
     try:
         wait_for(lambda: len(seen) >= 300)
-        time.sleep(0.3)
+        broker.join("interactive", timeout=10_000)  # a duplicate would run before the queue drains
     finally:
         for w in workers:
             w.stop()
@@ -268,8 +268,11 @@ def test_interactive_jobs_are_taken_before_queued_batch_jobs(broker: StreamsBrok
     order: list[str] = []
     gate = threading.Event()
 
+    running: list[int] = []
+
     @dramatiq.actor(queue_name="batch", priority=100)
     def batch_job(i: int) -> None:
+        running.append(i)
         gate.wait(10)
         order.append(f"b{i}")
 
@@ -281,9 +284,10 @@ def test_interactive_jobs_are_taken_before_queued_batch_jobs(broker: StreamsBrok
         batch_job.send(i)
     w = start_worker(broker, threads=2)
     try:
-        time.sleep(0.3)  # the two threads are busy with batch jobs
+        wait_for(lambda: len(running) == 2)  # the two threads are busy with batch jobs
         interactive_job.send()
-        time.sleep(0.3)
+        stream = broker.schema.stream("interactive")
+        wait_for(lambda: r.xpending(stream, GROUP)["pending"] == 1)  # the worker holds it, waiting
         gate.set()
         broker.join("interactive", timeout=10_000)
         broker.join("batch", timeout=20_000)
