@@ -145,6 +145,7 @@ def test_queues_and_job_show_tell_jobs_waiting_in_the_pool(env: dict[str, str], 
     keys = tmp_path / "one.json"
     keys.write_text(json.dumps({"keys": [fake_key("fake-1", rpm=2)]}))
     small = {**env, "ROUTER_KEYS_FILE": str(keys)}
+    run(small, "keys", "apply", str(keys))  # what a worker does with an empty registry
     ids = [js(small, "submit", f"hello {i}", "--priority", "batch")["job_id"] for i in range(5)]
     rows = {r["queue"]: r for r in js(small, "queues")}
     # two went to the queue (the key had room), three wait in the pool for the next minute
