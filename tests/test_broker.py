@@ -82,6 +82,29 @@ def test_failing_message_is_dead_lettered_with_reason(broker: StreamsBroker, r: 
     assert r.xlen(broker.schema.stream("interactive")) == 0
 
 
+def test_dead_letter_reason_is_redacted_before_it_is_stored(broker: StreamsBroker, r: redis.Redis) -> None:
+    from router_jobs.secrets.redaction import Redactor
+
+    canary = "sk-canary-0123456789abcdefghij"
+    broker.redact = Redactor([canary]).redact  # what a worker process installs
+
+    @dramatiq.actor(queue_name="interactive", max_retries=0)
+    def leaky() -> None:
+        raise RuntimeError(f"provider said: invalid key {canary}")
+
+    leaky.send()
+    w = start_worker(broker)
+    try:
+        wait_for(lambda: r.xlen(broker.schema.dead("interactive")) == 1)
+    finally:
+        w.stop()
+    [dead] = broker.dead_letters("interactive")
+    assert "provider said: invalid key" in dead["reason"]
+    assert canary not in dead["reason"] and canary[-12:] not in dead["reason"]
+    raw = r.xrange(broker.schema.dead("interactive"))
+    assert canary.encode() not in b"".join(v for _, fields in raw for v in fields.values())
+
+
 def test_delayed_message_waits_in_redis_then_runs(broker: StreamsBroker, r: redis.Redis) -> None:
     ran = threading.Event()
 

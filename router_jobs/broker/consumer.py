@@ -170,13 +170,15 @@ class StreamConsumer(Consumer):
         reason = "rejected by the worker"
         exc = getattr(message, "_exception", None)
         if exc is not None:
-            reason = f"{type(exc).__name__}: {exc}"[:2000]
+            reason = self.broker.redact(f"{type(exc).__name__}: {exc}")[:2000]
         try:
             if entry_id is not None:
                 self.broker.before_dead_letter(message, kind="failed", reason=reason)
+                # the message carries the actor's traceback in its options: redacted like the reason
+                stored = self.broker.redact(message.encode().decode()).encode()
                 self.scripts.dead_letter(
                     keys=[self.stream, self.dead, self.broker.schema.starts(self.queue_name)],
-                    args=[GROUP, entry_id, message.encode(), reason, self.broker.dead_letter_maxlen, 1, 0],
+                    args=[GROUP, entry_id, stored, reason, self.broker.dead_letter_maxlen, 1, 0],
                 )
         except (redis.RedisError, RouterJobsError) as err:
             self._report("nack", err)

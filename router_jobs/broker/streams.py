@@ -61,6 +61,10 @@ GROUP = "workers"
 #: memory while interactive jobs arrive (the work queue orders by actor priority anyway).
 LOW_PRIORITY_QUEUES = frozenset({"batch"})
 
+def _unchanged(text: str) -> str:
+    return text
+
+
 class BrokerScripts(ScriptSet):
     """The Lua scripts in ``broker/lua/``."""
 
@@ -118,6 +122,9 @@ class StreamsBroker(Broker):
         self.visibility_timeout = visibility_timeout
         self.max_deliveries = max_deliveries
         self.dead_letter_maxlen = dead_letter_maxlen
+        #: applied to every dead-letter reason before it is stored (a worker sets its secret
+        #: store's redaction here: an exception's text may echo a secret)
+        self.redact: Callable[[str], str] = _unchanged
         self.low_priority_prefetch = low_priority_prefetch
         self.queues: set[str] = set()
         self.scripts = BrokerScripts(client)

@@ -73,6 +73,7 @@ def build_executor() -> Executor:
     secrets = build_secret_store(settings)
     # secrets read by this process are redacted from every log record it writes
     install_log_redaction(secrets.redactor, logging.getLogger())
+    broker.redact = secrets.redactor.redact  # and from dead-letter reasons stored in Redis
     return Executor(
         jobs=JobStore(client, ks, settings.job_ttl_seconds),
         pool=pool,
