@@ -108,7 +108,9 @@ def settle(client: redis.Redis, timeout: float = 20.0) -> None:
 
 
 def submit_batch(router: Router, tag: str, n: int) -> list[Any]:
-    return [router.submit(f"{tag} {i} [[sleep:0.03]]", model="fake-model",
+    # 0.2 s a call: 100 jobs keep 8 threads busy for about 2.5 s, so the workers are still
+    # writing results when the faults begin (with shorter calls they could all be done first)
+    return [router.submit(f"{tag} {i} [[sleep:0.2]]", model="fake-model",
                           priority="batch" if i % 3 else "interactive") for i in range(n)]
 
 
