@@ -192,32 +192,6 @@ class _InteractiveProbe:
         return list(self.times)
 
 
-class _InteractiveProbe:
-    """Submits one interactive job every ``every`` s in a thread; ``stop()`` returns each
-    one's time from submit to result, in seconds."""
-
-    def __init__(self, router: Router, every: float) -> None:
-        self.router, self.every = router, every
-        self.times: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.wait(self.every):
-            t0 = time.monotonic()
-            h = self.router.submit(f"chat {i}", model="gpt-4o-mini", priority="interactive", max_output_tokens=16)
-            self.router.await_result(h, timeout=120)
-            self.times.append(time.monotonic() - t0)
-            i += 1
-
-    def stop(self) -> list[float]:
-        self._stop.set()
-        self._thread.join(130)
-        return list(self.times)
-
-
 def _gap_report(router: Router, handles: list, received: list) -> None:  # type: ignore[type-arg]
     """Debug: spread of (provider arrival - our stamp) per request, from reservation records."""
     by_prompt = {}
