@@ -218,7 +218,8 @@ def _str(v: bytes | str) -> str:
 
 
 class RegistryCache:
-    """A worker's copy of the registry, refreshed when the stored version changes."""
+    """A process's copy of the registry, refreshed when the stored version changes (checked
+    at most every ``refresh_interval`` s once it holds keys; on every call while empty)."""
 
     def __init__(self, store: RegistryStore, refresh_interval: float = 1.0) -> None:
         self.store = store
@@ -232,7 +233,7 @@ class RegistryCache:
     def refresh_steps(self, *, force: bool = False) -> Steps[RegistryCache]:
         """Refresh when due (or forced) and return self, on a sync or an asyncio client."""
         mono = time.monotonic()
-        if not force and mono - self._checked < self.refresh_interval:
+        if not force and self.keys and mono - self._checked < self.refresh_interval:
             return self
         version = yield self.store.version_op()
         if version != self._version or force:
@@ -244,7 +245,9 @@ class RegistryCache:
 
     def current(self, *, force: bool = False) -> RegistryCache:
         """Refresh when due (or forced) and return self."""
-        if not force and time.monotonic() - self._checked < self.refresh_interval:
+        # an empty registry is read again on every call: it is the state before a worker
+        # seeded it, and a producer started first must see the keys the moment they exist
+        if not force and self.keys and time.monotonic() - self._checked < self.refresh_interval:
             return self
         with self._lock:
             return drive(self.store.client, self.refresh_steps(force=force))
