@@ -37,6 +37,7 @@ ENV_NAMES: dict[str, str] = {
     "ROUTER_METRICS_PORT": "metrics_port",
     "ROUTER_POOL_MARGIN_MS": "pool_margin_ms",
     "ROUTER_POOL_LATE_MS": "pool_late_ms",
+    "ROUTER_POOL_LEAD_MS": "pool_lead_ms",
     "ROUTER_INTERACTIVE_SHARE": "interactive_share",
     "ROUTER_INTERACTIVE_HOLD_S": "interactive_hold_s",
     "ROUTER_WORKER_METRICS_PORT": "worker_metrics_port",
@@ -86,6 +87,9 @@ class Settings(BaseModel):
     metrics_port: int = 9464
     pool_margin_ms: int = Field(default=100, ge=0)
     pool_late_ms: int = Field(default=500, ge=0)
+    #: how far ahead of a key's room the scheduler may admit a job (the worker starts the
+    #: call at the moment the room exists, so delivery latency does not delay the window)
+    pool_lead_ms: int = Field(default=250, ge=0, le=5000)
     #: share of each key held for interactive work while interactive jobs keep arriving
     interactive_share: float = Field(default=0.1, ge=0.0, le=0.9)
     #: seconds after the last interactive arrival that the share stays held

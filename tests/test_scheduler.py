@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -103,6 +104,52 @@ def test_claim_after_a_cooldown_puts_the_room_back(r: redis.Redis, namespace: st
     assert s.enqueue([demand("b")]).admitted == 1
 
 
+def one_per_second(r: redis.Redis, ns: str, lead_ms: int) -> Scheduler:
+    spec = [{"key_id": "k0", "model_name": "m", "provider": "fake", "windows": [{"limit": 1, "seconds": 1}]}]
+    pool = RedisKeyPool(r, RedisSchema(ns), parse_keys({"keys": spec}), margin_ms=20)
+    return Scheduler(pool, lead_ms=lead_ms)
+
+
+def stamp_of(s: Scheduler, job_id: str) -> int:
+    rid = s.client.hget(s._part("grants"), job_id)
+    assert rid is not None
+    return int(json.loads(s.client.hget(s.ks.pool_reservations("default"), rid))["t"])
+
+
+def test_admitted_ahead_of_room_is_stamped_when_the_room_exists(r: redis.Redis, namespace: str) -> None:
+    s = one_per_second(r, namespace, lead_ms=300)
+    first = s.enqueue([demand("a"), demand("b"), demand("c")])
+    assert first.admitted == 1
+    # the next step is due `lead` before the room: 1 s + margin after a's stamp, less 300 ms
+    assert 600 <= first.next_ms <= 760
+    time.sleep(first.next_ms / 1000)
+    assert s.admit().admitted == 1 and delivered(r, namespace, "batch") == ["a", "b"]
+    a, b = stamp_of(s, "a"), stamp_of(s, "b")
+    assert b == a + 1020  # exactly when a's entry leaves the 1 s window (+ margin)
+    g = s.claim("b")
+    assert isinstance(g, Grant) and 0 < g.delay_s <= 0.3  # the worker waits for the stamp
+    assert stamp_of(s, "b") == b  # an early claim keeps the admission's stamp
+    # c is not admitted before b's room has passed: the window holds one
+    assert s.admit(force=True).admitted == 0
+
+
+def test_a_late_claim_is_stamped_again_and_lost_if_the_room_moved_beyond_the_lead(
+        r: redis.Redis, namespace: str) -> None:
+    s = one_per_second(r, namespace, lead_ms=200)
+    s.enqueue([demand("a")])
+    time.sleep(0.05)
+    g = s.claim("a")  # late by ~50 ms: stamped again now, no wait
+    assert isinstance(g, Grant) and g.delay_s == 0
+    s.enqueue([demand("b")])
+    assert delivered(r, namespace, "batch") == ["a"]
+    # b admitted ahead (by force, pretending the step came early), then a cooldown moves its
+    # room beyond the lead: the on-time claim does not trust the stamp, the job goes back
+    time.sleep(0.85)
+    assert s.admit(force=True).admitted == 1
+    s.pool.cooldown("k0", 5)
+    assert isinstance(s.claim("b"), Lost)
+
+
 def test_cancelled_before_claim_gives_the_room_back(r: redis.Redis, namespace: str) -> None:
     s = make(r, namespace, rpm=1)
     s.enqueue([demand("a"), demand("b")])
@@ -190,3 +237,12 @@ def test_a_model_no_key_serves_is_refused_not_lost(r: redis.Redis, namespace: st
     assert delivered(r, namespace, "batch") == ["a"]
     got = s.claim("a")
     assert isinstance(got, Refused) and "nobody-serves-this" in got.reason
+
+
+def test_a_producer_started_before_the_keys_were_seeded_sees_them_at_once(r: redis.Redis, namespace: str) -> None:
+    early = Scheduler(RedisKeyPool(r, RedisSchema(namespace), margin_ms=20))
+    assert early.lane_models() == []  # nothing seeded yet (and this read is cached)
+    make(r, namespace, rpm=5)  # a worker seeds the registry
+    out = early.enqueue([demand("a")])
+    # admitted into its line at once, not handed over as "no key serves" for up to 1 s
+    assert out.admitted == 1 and isinstance(early.claim("a"), Grant)

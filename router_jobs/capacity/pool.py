@@ -45,6 +45,9 @@ class Grant:
     #: fingerprint (e.g. a short hash) of the secret used for the call, set by the worker with
     #: ``dataclasses.replace`` so that a key marked invalid can come back when its secret changes
     secret_fingerprint: str | None = None
+    #: seconds to wait before starting the call: the scheduler admitted the job this much
+    #: ahead of the moment its room exists (the reservation is stamped with that moment)
+    delay_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,9 @@ class Scheduler:
     """Wait lines and admission over one :class:`RedisKeyPool` (same Redis, same pool tag)."""
 
     def __init__(self, pool: RedisKeyPool, *, interactive_share: float = 0.1, interactive_hold_ms: int = 120_000,
-                 max_admit: int = 256) -> None:
+                 max_admit: int = 256, lead_ms: int = 250) -> None:
         self.pool = pool
+        self.lead_ms = max(0, int(lead_ms))
         self.client = pool.client
         self.ks = pool.ks
         self.interactive_share = min(max(interactive_share, 0.0), 0.9)
@@ -181,7 +182,7 @@ class Scheduler:
         for m in models:
             keys += [self.ks.pool_free(self.pool.pool, m), self.line_key(m)]
         args: list[Any] = [op, *self._ms(), self.interactive_share, self.interactive_hold_ms, self.max_admit,
-                           len(models), *models, *payload]
+                           self.lead_ms, len(models), *models, *payload]
         out = yield Op(lambda c: SchedulerScripts.on(c).admit(keys=keys, args=args),
                        lambda r: Admission(int(r[0]), int(r[1]), int(r[2])))
         return out
@@ -217,7 +218,7 @@ class Scheduler:
         (None: the job was not admitted; it must wait in line)."""
         keys = self._base_keys() + [self._part("grants")]
         keys += [self.ks.pool_free(self.pool.pool, m) for m in self.lane_models()]
-        out = self.scripts.claim(keys=keys, args=[job_id, *self._ms()])
+        out = self.scripts.claim(keys=keys, args=[job_id, *self._ms(), self.lead_ms])
         kind = _text(out[0])
         if kind == "n":
             return None
@@ -230,8 +231,10 @@ class Scheduler:
         if cfg is None:
             self.pool.release(rid)
             return Lost(f"key {key_id} was removed")
+        delay_ms = int(_text(out[4])) - int(_text(out[5])) if len(out) > 5 else 0
         return Grant(key_id=key_id, provider=cfg.provider, model=model, reservation_id=rid, input_tokens=0,
-                     output_tokens=0, base_url=cfg.base_url, timeout=cfg.timeout)
+                     output_tokens=0, base_url=cfg.base_url, timeout=cfg.timeout,
+                     delay_s=max(0, delay_ms) / 1000)
 
     # -- reading -----------------------------------------------------------------------------
     def position(self, job_id: str) -> Position | None:

@@ -155,7 +155,8 @@ class Executor:
         if self.scheduler is not None:
             claimed = self.scheduler.claim(job_id)
             if isinstance(claimed, Grant):
-                return self._call(job, queue, claimed, messages, defer)
+                return self._call(job, queue, claimed, messages, defer,
+                                  not_before=time.monotonic() + claimed.delay_s)
             if isinstance(claimed, Refused):
                 return self._end(job, queue, JobStatus.failed, "no_capacity", claimed.reason)
             return self._wait_in_line(job, queue, input_tokens, job.attempts, job.excluded,
@@ -258,7 +259,7 @@ class Executor:
         return "deferred"
 
     def _call(self, job: StartedJob, queue: str, grant: Grant, messages: list[ChatMessage],
-              defer: Callable[[int], None]) -> str:
+              defer: Callable[[int], None], not_before: float = 0.0) -> str:
         spec = job.spec
         attempts = job.attempts + 1
         try:
@@ -282,6 +283,9 @@ class Executor:
                              attempts=job.attempts, grant=grant)
         self.jobs.begin_attempt(job.job_id, attempts)
         live = LiveAttempt.begin(self.events, job.job_id, attempts) if spec.stream and self.events else None
+        early = not_before - time.monotonic()
+        if early > 0:  # admitted ahead of its room: the reservation is stamped at not_before
+            time.sleep(early)
         started = time.monotonic()
         try:
             if live is not None:

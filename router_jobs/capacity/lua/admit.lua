@@ -16,8 +16,11 @@
 -- ARGV[2] margin ms   ARGV[3] lease grace ms   ARGV[4] record keep ms   ARGV[5] concurrency poll ms
 -- ARGV[6] share of each key held for interactive work while interactive jobs arrive (0..1)
 -- ARGV[7] how long (ms) after the last interactive arrival that share stays held
--- ARGV[8] most admissions in this call   ARGV[9] number of models M   ARGV[10..9+M] models
--- ARGV[10+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids;
+-- ARGV[8] most admissions in this call
+-- ARGV[9] lead ms: a job may be admitted this long before its room exists; its reservation is
+--         stamped at that future moment and the worker starts the call then (see claim.lua)
+-- ARGV[10] number of models M   ARGV[11..10+M] models
+-- ARGV[11+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids;
 --              settled: job ids whose reservation was settled (their grant is forgotten)
 -- Returns {admitted, ms until the next admission may succeed (-1: lines empty), jobs in line}.
 
@@ -26,14 +29,15 @@ local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 local op = ARGV[1]
 local margin, grace, keep, cpoll = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local share, hold, most = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local M = tonumber(ARGV[9])
+local lead = tonumber(ARGV[9])
+local M = tonumber(ARGV[10])
 
 --@include poollib
 
 local lane_of = {}
 local lanes = {}
 for i = 1, M do
-  local model = ARGV[9 + i]
+  local model = ARGV[10 + i]
   lanes[i] = {model = model, free = KEYS[16 + 2 * i - 1], line = KEYS[16 + 2 * i]}
   lane_of[model] = lanes[i]
 end
@@ -58,11 +62,11 @@ local function forget_settled(id)
 end
 
 if op == 'settled' then
-  for i = 10 + M, #ARGV do forget_settled(ARGV[i]) end
+  for i = 11 + M, #ARGV do forget_settled(ARGV[i]) end
   op = 'force'
 elseif op == 'enqueue' then
-  local head = ARGV[10 + M] == '1'
-  for i = 11 + M, #ARGV do
+  local head = ARGV[11 + M] == '1'
+  for i = 12 + M, #ARGV do
     local d = cjson.decode(ARGV[i])
     forget_settled(d.id)
     local ln = lane_of[d.l]
@@ -96,7 +100,7 @@ elseif op == 'enqueue' then
   end
   op = 'force'
 elseif op == 'remove' then
-  for i = 10 + M, #ARGV do
+  for i = 11 + M, #ARGV do
     local id = ARGV[i]
     local raw = redis.call('HGET', KEYS[11], id)
     if raw then
@@ -150,13 +154,16 @@ local function metric(objective, c, d)
   return -(c.head * c.spec.wt)
 end
 
--- the best key of `model` with room now for demand d: 'g', pick | 'w', at | 'n', reasons
+-- the best key of `model` with room for demand d by now + lead: 'g', pick (pick.at: the
+-- moment its room exists, >= now) | 'w', at | 'n', reasons. Keys with room now come first,
+-- then the earliest; among equals the objective's metric decides.
 local function choose(d, ln, W, scale, excluded)
   local grantable, best_at, could, reasons = {}, nil, false, {}
+  local horizon = now + lead
   local cands = redis.call('ZRANGEBYSCORE', ln.free, '-inf', '(inf', 'WITHSCORES', 'LIMIT', 0, SCAN)
   for j = 1, #cands / 2 do
     local kid, sc = cands[2 * j - 1], tonumber(cands[2 * j])
-    if sc > now then
+    if sc > horizon then
       could = true
       if best_at == nil or sc < best_at then best_at = sc end
       break
@@ -174,8 +181,8 @@ local function choose(d, ln, W, scale, excluded)
           reasons[#reasons + 1] = kid .. ': ' .. why
         else
           could = true
-          if at <= now then
-            grantable[#grantable + 1] = {kid = kid, spec = spec, head = head}
+          if at <= horizon then
+            grantable[#grantable + 1] = {kid = kid, spec = spec, head = head, at = math.max(at, now)}
           elseif best_at == nil or at < best_at then
             best_at = at
           end
@@ -189,7 +196,7 @@ local function choose(d, ln, W, scale, excluded)
     local pick, pm = nil, nil
     for _, c in ipairs(grantable) do
       local m = metric(d.o, c, d)
-      if pick == nil or m < pm then pick, pm = c, m end
+      if pick == nil or c.at < pick.at or (c.at == pick.at and m < pm) then pick, pm = c, m end
     end
     return 'g', pick
   end
@@ -236,11 +243,12 @@ local function try_admit(d, ln)
       local kind, r = choose(d, mln, W, scale, excluded)
       if kind == 'g' then
         local rid = d.id .. ':' .. redis.call('HINCRBY', KEYS[14], 'rseq', 1)
-        local rec = {k = r.kid, g = r.spec.g or '', m = model, t = now, w = W, s = 'a'}
-        rec.p = append(r.kid, r.spec, now, rid, W)
+        -- stamped when its room exists (now, or up to `lead` ms ahead: the worker waits for it)
+        local rec = {k = r.kid, g = r.spec.g or '', m = model, t = r.at, w = W, s = 'a'}
+        rec.p = append(r.kid, r.spec, r.at, rid, W)
         take_lease(r.kid, r.spec, rec, rid)
         redis.call('HSET', KEYS[6], rid, cjson.encode(rec))
-        redis.call('ZADD', KEYS[7], now + r.spec.to + grace + keep, rid)
+        redis.call('ZADD', KEYS[7], r.at + r.spec.to + grace + keep, rid)
         rescore(r.kid, r.spec, mln.free, true)
         redis.call('HSET', KEYS[13], d.id, rid)
         dispatch(d, ln)
@@ -307,5 +315,7 @@ if n == 0 then
   return {admitted, -1, 0}
 end
 if next_at == nil then next_at = now + 50 end
+-- the next step is due `lead` ms before the room it waits for
+next_at = math.max(now, next_at - lead)
 redis.call('HSET', KEYS[14], 'due', next_at)
-return {admitted, math.max(0, next_at - now), n}
+return {admitted, next_at - now, n}
