@@ -51,6 +51,7 @@ class CapacityRun:
     interactive_p95_s: float | None = None
     interactive_jobs: int = 0
     attempts_max: int = 0
+    start_rate_per_s: float | None = None  # accepted requests per second, first to last arrival
 
     @property
     def wall_over_minimum(self) -> float:
@@ -188,6 +189,11 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
     try:
         with WorkerPool(env, processes=processes, threads=threads) as pool:
             pool.wait_consuming(redis_url, ns, processes=processes)
+            # the booted workers have seeded the key registry; the router read it (empty) when
+            # it was made and re-reads it at most once a second, so a batch submitted within
+            # that second would go through a worker first (two deliveries per job). A producer
+            # of a running system has long read it: measure that.
+            router.pool.registry.current(force=True)
             started = time.monotonic()
             handles = [router.submit(f"job {i}", model="gpt-4o-mini", priority="batch", max_output_tokens=16)
                        for i in range(jobs)]
@@ -210,6 +216,8 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
         received = server.received()
         windows = {k: server.max_in_window(k, window_s) for k in names}
         per_second = {k: max(server.per_second(k).values(), default=0) for k in names}
+        arrivals = sorted(r.arrived for r in received if r.status == 200)
+        span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
         waits.sort()
         return CapacityRun(
             keys=keys, limit_per_key=limit, window_s=window_s, jobs=jobs,
@@ -223,6 +231,7 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             interactive_p95_s=waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else None,
             interactive_jobs=len(waits),
             attempts_max=max((r.attempts for r in results), default=0),
+            start_rate_per_s=(len(arrivals) - 1) / span if span > 0 else None,
         )
     finally:
         router.close()
