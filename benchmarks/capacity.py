@@ -6,12 +6,27 @@ Run from the repository root::
     python -m benchmarks.capacity --modes quantized --rates 150 --over 2 --window 20
     python -m benchmarks.capacity --interactive-every 1    # interactive latency beside each batch
     python -m benchmarks.capacity --pool --no-workers      # reserve() latency, booked-slot simulation
+    python -m benchmarks.capacity --window 20 --json rows.json   # every row also as JSON
 
-The worker matrix prints one row per (mode, rate per minute, oversubscription): wall time over
-the theoretical minimum, 429s the provider sent, deliveries per job, the most requests any
-window (and any whole second) of a key held, and interactive p50/p95 when asked. ``--window``
-shortens windows keeping each rate per minute; ``--calibrate`` first measures the workers' own
-ceiling, which says where two cores, not the pool, are the limit.
+The worker matrix first measures the workers' own ceiling R: the requests per second that
+reach the provider when no limit holds them back, with the same processes, threads and
+provider latency (``--no-calibrate`` skips it). It then prints one row per (mode, rate per
+minute, oversubscription), each batch's wall time beside two bounds on when its last job may
+start (``benchmarks/capacity_workers.py``):
+
+* ``min`` (``theoretical_minimum``): the providers' limits alone, as if any number of jobs
+  could start at the same moment;
+* ``ach`` (``achievable_minimum``): the same limits, with starts at least 1 / R apart,
+  simulated job by job. A rolling window's opening burst then takes burst / R seconds to
+  start and the next window opens as late, however well the pool schedules.
+
+``wall/min`` and ``wall/ach`` are the batch's wall time over each; ``limit`` says ``pool``
+when ``ach`` is within 3 % of ``min`` (the pool's limits set the pace) and ``workers`` when
+the workers' own ceiling costs more than that. Beside them: 429s the provider sent,
+deliveries per job, the most requests any window (and any whole second) of a key held, and
+interactive p50/p95 when asked. A summary follows: cells with wall/ach <= 1.03, cells with
+429s, the most deliveries per job. ``--window`` shortens windows keeping each rate per
+minute; ``--json PATH`` writes every row as a JSON list.
 
 ``--pool`` also prints the direct-reservation figures:
 
@@ -32,12 +47,14 @@ processes against fake provider servers) can call and extend it.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -247,15 +264,23 @@ def print_report(figures: dict[str, Any]) -> None:
         print(f"  {c:<{width}}  " + "  ".join(f"{str(r[c]):<28}" for r in rows))
 
 
+AIM = 1.03  # the issue's aim for wall time over the bound
+
+
 def run_worker_matrix(url: str, *, modes: list[str], rates: list[int], overs: list[float], window_s: float,
                       keys: int = 4, processes: int = 2, threads: int = 32, latency: float = 0.1,
-                      interactive_every: float = 0.0) -> list[dict[str, Any]]:
+                      interactive_every: float = 0.0, ceiling: float | None = None,
+                      json_path: str | None = None) -> list[dict[str, Any]]:
     """One batch per (mode, rate per minute, oversubscription) through real worker processes
     against fake providers enforcing ``mode``. Windows are ``window_s`` long and hold
-    rate x window_s / 60 requests (so a 10 s window keeps each rate per minute)."""
+    rate x window_s / 60 requests (so a 10 s window keeps each rate per minute).
+
+    ``ceiling`` (starts per second the workers manage, :func:`calibrate_workers`) adds the
+    achievable bound to each row (:func:`bound_columns`). Each row is printed as it is
+    measured and, with ``json_path``, every row so far is written there as a JSON list."""
     from benchmarks.capacity_workers import run_batch
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for mode in modes:
         for rate in rates:
             for over in overs:
@@ -263,30 +288,106 @@ def run_worker_matrix(url: str, *, modes: list[str], rates: list[int], overs: li
                 jobs = int(over * keys * limit)
                 run = run_batch(url, keys=keys, limit=limit, window_s=window_s, jobs=jobs, processes=processes,
                                 threads=threads, latency=latency, mode=mode, interactive_every=interactive_every)
-                rows.append({**run.as_dict(), "rate_per_min": rate, "over": over})
-                print_matrix_row(rows[-1], flush=True)
+                row = {**run.as_dict(), "rate_per_min": rate, "over": over, "processes": processes,
+                       "threads": threads, "interactive_every_s": interactive_every or None}
+                row.update(bound_columns(row, ceiling))
+                rows.append(row)
+                print_matrix_row(row, flush=True)
+                if json_path:
+                    write_rows(json_path, rows)
     return rows
 
 
-def calibrate_workers(url: str, *, processes: int, threads: int, latency: float, jobs: int = 400) -> float:
-    """Jobs per second the worker processes complete when no limit holds them back."""
+def bound_columns(row: dict[str, Any], ceiling: float | None) -> dict[str, Any]:
+    """The achievable bound for a matrix row: the least time until its last job may start
+    when the workers start at most ``ceiling`` jobs per second, wall time over it, and which
+    of the two limits the cell: ``pool`` when that bound is within 3 % of the pool's own
+    (theoretical) minimum, else ``workers``. All None without a ceiling."""
+    from benchmarks.capacity_workers import achievable_minimum
+
+    if ceiling is None:
+        return {"workers_ceiling_per_s": None, "achievable_s": None, "wall_over_achievable": None, "limit": None}
+    keys, limit = row["keys"], row["limit_per_key"]
+    achievable = achievable_minimum(row["jobs"], keys * limit, row["window_s"], row["mode"], keys, rate=ceiling)
+    return {
+        "workers_ceiling_per_s": round(ceiling, 2),
+        "achievable_s": round(achievable, 3),
+        "wall_over_achievable": round(row["wall_s"] / achievable, 4),
+        "limit": "pool" if achievable <= AIM * row["theoretical_s"] else "workers",
+    }
+
+
+def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    """Every row so far as a JSON list at ``path`` (replaced whole, so a stopped run keeps
+    the rows it measured)."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def calibrate_workers(url: str, *, processes: int, threads: int, latency: float,
+                      jobs: int = 1000) -> tuple[float, float]:
+    """The workers' own ceiling when no limit holds them back: (requests per second reaching
+    the provider, first to last arrival; jobs completed per second of wall time)."""
     from benchmarks.capacity_workers import run_batch
 
     run = run_batch(url, keys=4, limit=1_000_000, window_s=60.0, jobs=jobs, processes=processes, threads=threads,
                     latency=latency)
-    return run.completed / run.wall_s
+    completed = run.completed / run.wall_s
+    return (run.start_rate_per_s or completed), completed
 
 
 MATRIX_HEADER = (f"{'mode':<10}{'rate/min':>9}{'over':>6}{'jobs':>6}{'wall s':>8}{'min s':>7}{'wall/min':>9}"
+                 f"{'ach s':>7}{'wall/ach':>9}{'limit':>8}"
                  f"{'429s':>6}{'deliv/job':>10}{'max/window':>11}{'max/s':>6}{'ok':>6}{'inter p50/p95 s':>17}")
 
 
 def print_matrix_row(r: dict[str, Any], flush: bool = False) -> None:
     inter = "-" if r["interactive_p50_s"] is None else f"{r['interactive_p50_s']:.2f}/{r['interactive_p95_s']:.2f}"
+    if r.get("achievable_s") is None:
+        bound = f"{'-':>7}{'-':>9}{'-':>8}"
+    else:
+        bound = f"{r['achievable_s']:>7.1f}{r['wall_over_achievable']:>9.3f}{r['limit']:>8}"
     print(f"{r['mode']:<10}{r['rate_per_min']:>9}{r['over']:>6}{r['jobs']:>6}{r['wall_s']:>8.1f}"
-          f"{r['theoretical_s']:>7.1f}{r['wall_over_minimum']:>9.3f}{r['provider_429s']:>6}"
+          f"{r['theoretical_s']:>7.1f}{r['wall_over_minimum']:>9.3f}{bound}{r['provider_429s']:>6}"
           f"{r['deliveries_per_job']:>10.3f}{max(r['max_in_window'].values()):>7}/{r['limit_per_key']:<3}"
           f"{max((r['max_per_second'] or {}).values(), default=0):>6}{r['completed']:>6}{inter:>17}", flush=flush)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The matrix against the issue's aims: cells within 3 % of the achievable bound, cells
+    where the provider sent 429s, the most deliveries per job, cells with jobs not completed."""
+    bounded = [r for r in rows if r.get("wall_over_achievable") is not None]
+    return {
+        "cells": len(rows),
+        "cells_with_bound": len(bounded),
+        "meeting_aim": sum(1 for r in bounded if r["wall_over_achievable"] <= AIM),
+        "missing_aim": [r for r in bounded if r["wall_over_achievable"] > AIM],
+        "limited_by_workers": sum(1 for r in bounded if r["limit"] == "workers"),
+        "cells_with_429s": sum(1 for r in rows if r["provider_429s"] > 0),
+        "max_deliveries_per_job": max((r["deliveries_per_job"] for r in rows), default=0.0),
+        "incomplete": [r for r in rows if r["completed"] < r["jobs"]],
+    }
+
+
+def _cell(r: dict[str, Any]) -> str:
+    return f"{r['mode']} {r['rate_per_min']}/min {r['over']:g}x"
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    n = summary["cells"]
+    if summary["cells_with_bound"]:
+        missed = ", ".join(f"{_cell(r)} {r['wall_over_achievable']:.3f}" for r in summary["missing_aim"])
+        print(f"wall/ach <= {AIM}: {summary['meeting_aim']} of {summary['cells_with_bound']} cells"
+              + (f" (missed: {missed})" if missed else ""))
+        print(f"limit: workers in {summary['limited_by_workers']} of {summary['cells_with_bound']} cells, "
+              "pool in the rest")
+    else:
+        print("wall/ach: not measured (--no-calibrate)")
+    print(f"429s: in {summary['cells_with_429s']} of {n} cells")
+    print(f"deliveries per job: at most {summary['max_deliveries_per_job']:.3f}")
+    for r in summary["incomplete"]:
+        print(f"incomplete: {_cell(r)} {r['completed']}/{r['jobs']} jobs completed")
 
 
 def main() -> None:
@@ -305,7 +406,10 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.1, help="provider latency, seconds")
     ap.add_argument("--interactive-every", type=float, default=0.0,
                     help="submit one interactive job this often during each batch (0: none)")
-    ap.add_argument("--calibrate", action="store_true", help="first measure the workers' own ceiling (jobs/s)")
+    ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                    help="first measure the workers' own ceiling R (default; --no-calibrate skips it and the "
+                         "achievable bound)")
+    ap.add_argument("--json", metavar="PATH", help="also write every matrix row to PATH as a JSON list")
     ns = ap.parse_args()
     server = None
     url = ns.redis_url
@@ -319,19 +423,25 @@ def main() -> None:
         if ns.pool:
             print_report(run_pool_benchmarks(client, quick=ns.quick))
         if not ns.no_workers:
+            ceiling = None
             if ns.calibrate:
-                ceiling = calibrate_workers(url, processes=ns.processes, threads=ns.threads, latency=ns.latency)
-                print(f"workers' ceiling: {ceiling:.1f} jobs/s ({ns.processes} processes x {ns.threads} threads, "
-                      f"{ns.latency * 1000:.0f} ms provider latency, no limit); the pool needs "
+                ceiling, completed = calibrate_workers(url, processes=ns.processes, threads=ns.threads,
+                                                       latency=ns.latency)
+                print(f"workers' ceiling R: {ceiling:.1f} requests/s reaching the provider ({completed:.1f} jobs/s "
+                      f"completed over the wall; {ns.processes} processes x {ns.threads} threads, "
+                      f"{ns.latency * 1000:.0f} ms provider latency, no limit); the pool's long-run rate: "
                       + ", ".join(f"{ns.keys * int(r) / 60:.1f}/s at {r}/min" for r in ns.rates.split(",")))
             print(f"{ns.keys} keys, windows of {ns.window:g} s, {ns.processes} worker processes x {ns.threads} "
                   f"threads, provider latency {ns.latency * 1000:.0f} ms; min = least time until the last job "
-                  "may start under the mode")
+                  "may start under the mode; ach = the same when starts are at least 1/R apart; "
+                  f"limit = pool when ach <= {AIM} x min, else workers")
             print(MATRIX_HEADER)
-            run_worker_matrix(url, modes=ns.modes.split(","), rates=[int(r) for r in ns.rates.split(",")],
-                              overs=[float(o) for o in ns.over.split(",")], window_s=ns.window, keys=ns.keys,
-                              processes=ns.processes, threads=ns.threads, latency=ns.latency,
-                              interactive_every=ns.interactive_every)
+            rows = run_worker_matrix(url, modes=ns.modes.split(","), rates=[int(r) for r in ns.rates.split(",")],
+                                     overs=[float(o) for o in ns.over.split(",")], window_s=ns.window,
+                                     keys=ns.keys, processes=ns.processes, threads=ns.threads,
+                                     latency=ns.latency, interactive_every=ns.interactive_every,
+                                     ceiling=ceiling, json_path=ns.json)
+            print_summary(summarize(rows))
     finally:
         client.close()
         if server is not None:

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class CapacityRun:
     interactive_p95_s: float | None = None
     interactive_jobs: int = 0
     attempts_max: int = 0
+    start_rate_per_s: float | None = None  # accepted requests per second, first to last arrival
 
     @property
     def wall_over_minimum(self) -> float:
@@ -61,20 +63,28 @@ class CapacityRun:
 
 def theoretical_minimum(jobs: int, capacity_per_window: int, window_s: float, mode: str = "rolling",
                         keys: int = 1, burst: int = 0) -> float:
-    """Least wall time until the last of ``jobs`` may start when the pool admits
-    ``capacity_per_window`` per window of ``window_s`` under the providers' ``mode``:
+    """Least wall time until the last of ``jobs`` may start when ``keys`` keys share
+    ``capacity_per_window`` per window of ``window_s`` under the providers' ``mode`` and any
+    number of jobs may start at the same moment:
 
     * rolling: full windows back to back;
-    * bucket: the buckets' content at once, then the refill rate;
+    * bucket: each key's bucket (capacity = its limit, full at start) at once, then one
+      request per key every window / limit seconds as it refills;
     * quantized: each key at most ceil(limit / window) + burst per whole second as well.
+
+    Each key refills its own bucket: the pool's buckets together never hold a fraction of a
+    request that one key can use, so the bucket minimum is counted per key in whole requests
+    (the pool's combined refill rate would put the (capacity + 1)-th job ``keys`` times too
+    early).
     """
+    per_key = math.ceil(jobs / keys)
+    limit = capacity_per_window // keys
     if mode == "bucket":
-        return max((jobs - capacity_per_window) / capacity_per_window * window_s, 1e-9)
+        return max((per_key - limit) * window_s / limit, 1e-9)
     if mode == "quantized":
-        per_key = math.ceil(jobs / keys)
-        limit = capacity_per_window // keys
         per_second = math.ceil(limit / window_s) + burst
-        done, t, counts = 0, 0, []
+        done, t = 0, 0
+        counts: list[int] = []
         while True:
             in_window = sum(counts[max(0, t - int(math.ceil(window_s)) + 1):t])
             take = min(per_second, limit - in_window, per_key - done)
@@ -85,6 +95,65 @@ def theoretical_minimum(jobs: int, capacity_per_window: int, window_s: float, mo
             t += 1
     full_windows = (jobs - 1) // capacity_per_window
     return max(full_windows * window_s, 1e-9)
+
+
+def achievable_minimum(jobs: int, capacity_per_window: int, window_s: float, mode: str = "rolling",
+                       keys: int = 1, burst: int = 0, rate: float = math.inf) -> float:
+    """Least wall time until the last of ``jobs`` may start when the providers' ``mode``
+    limits hold exactly as in :func:`theoretical_minimum` and the workers start at most
+    ``rate`` jobs per second (two starts at least 1 / ``rate`` apart).
+
+    Simulated job by job: each job starts at the earliest moment that is at least 1 / ``rate``
+    after the previous start and that some key allows (the key free earliest; ties to the
+    lowest key). A key allows a start at ``t``
+
+    * rolling: when fewer than its limit of its starts lie in (t - window, t];
+    * bucket: when its token bucket (capacity = its limit, full at start, refilled
+      continuously at limit / window per second) holds a whole request at ``t``;
+    * quantized: when the rolling rule holds and the whole second of ``t`` (seconds aligned
+      at t = 0, the first start) holds fewer than ceil(limit / window) + ``burst`` of its starts.
+
+    With ``rate`` infinite this is :func:`theoretical_minimum`; with a finite ``rate`` it
+    says how much later the last job must start because the workers cannot start a window's
+    opening burst at once.
+    """
+    limit = capacity_per_window // keys
+    if limit < 1 or rate <= 0:
+        raise ValueError("each key needs a limit of at least 1 and the workers a positive rate")
+    gap = 0.0 if math.isinf(rate) else 1.0 / rate
+    per_second = math.ceil(limit / window_s) + burst
+    interval = window_s / limit  # bucket: one request's worth of refill
+    recent: list[deque[float]] = [deque(maxlen=limit) for _ in range(keys)]  # each key's last `limit` starts
+    due = [0.0] * keys  # bucket: when each key's bucket would be empty again had it refilled untouched
+    second = [-1] * keys  # quantized: the whole second of each key's last start and its count
+    in_second = [0] * keys
+
+    def earliest(k: int, t: float) -> float:
+        if mode == "bucket":
+            # the bucket holds a whole request once `due` lies at most (limit - 1) intervals ahead
+            return max(t, due[k] - (limit - 1) * interval)
+        log = recent[k]
+        if len(log) == limit:
+            t = max(t, log[0] + window_s)
+        if mode == "quantized" and _whole_second(t) == second[k] and in_second[k] >= per_second:
+            t = float(second[k] + 1)
+        return t
+
+    start = 0.0
+    for i in range(jobs):
+        not_before = start + gap if i else 0.0
+        start, k = min((earliest(k, not_before), k) for k in range(keys))
+        recent[k].append(start)
+        due[k] = max(due[k], start) + interval
+        s = _whole_second(start)
+        in_second[k] = in_second[k] + 1 if s == second[k] else 1
+        second[k] = s
+    return max(start, 1e-9)
+
+
+def _whole_second(t: float) -> int:
+    """The whole second holding ``t`` (sums of 1 / rate land a hair below an integer)."""
+    return math.floor(t + 1e-9)
 
 
 def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float = 60.0, jobs: int = 480,
@@ -120,6 +189,11 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
     try:
         with WorkerPool(env, processes=processes, threads=threads) as pool:
             pool.wait_consuming(redis_url, ns, processes=processes)
+            # the booted workers have seeded the key registry; the router read it (empty) when
+            # it was made and re-reads it at most once a second, so a batch submitted within
+            # that second would go through a worker first (two deliveries per job). A producer
+            # of a running system has long read it: measure that.
+            router.pool.registry.current(force=True)
             started = time.monotonic()
             handles = [router.submit(f"job {i}", model="gpt-4o-mini", priority="batch", max_output_tokens=16)
                        for i in range(jobs)]
@@ -142,6 +216,8 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
         received = server.received()
         windows = {k: server.max_in_window(k, window_s) for k in names}
         per_second = {k: max(server.per_second(k).values(), default=0) for k in names}
+        arrivals = sorted(r.arrived for r in received if r.status == 200)
+        span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
         waits.sort()
         return CapacityRun(
             keys=keys, limit_per_key=limit, window_s=window_s, jobs=jobs,
@@ -155,6 +231,7 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             interactive_p95_s=waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else None,
             interactive_jobs=len(waits),
             attempts_max=max((r.attempts for r in results), default=0),
+            start_rate_per_s=(len(arrivals) - 1) / span if span > 0 else None,
         )
     finally:
         router.close()
