@@ -50,7 +50,7 @@ class MemoryPool:
         return next((self.waits[m] for m in request.models if m in self.waits),
                     Wait(0, "every key excluded", retryable=False))
 
-    def settle(self, grant: Grant, usage: Usage | None) -> None:
+    def settle(self, grant: Grant, usage: Usage | None, *, sent_ago_ms: int | None = None) -> None:
         self.settled.append((grant.reservation_id, usage))
 
     def report_success(self, grant: Grant, *, latency: float, rate_limit: RateLimitInfo | None) -> None:

@@ -75,9 +75,10 @@ class KeyPool(Protocol):
         """Atomically reserve room for one request on one key, or say how long to wait."""
         ...
 
-    def settle(self, grant: Grant, usage: Usage | None) -> None:
+    def settle(self, grant: Grant, usage: Usage | None, *, sent_ago_ms: int | None = None) -> None:
         """Replace the reservation's estimate with real usage (``None``: the call never
-        happened or the provider did not count it; refund the tokens)."""
+        happened or the provider did not count it; refund the tokens). ``sent_ago_ms``: how
+        long ago the request left (the provider counted it then, not when it answered)."""
         ...
 
     def report_success(self, grant: Grant, *, latency: float, rate_limit: RateLimitInfo | None) -> None:

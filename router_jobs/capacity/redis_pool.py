@@ -236,7 +236,8 @@ class RedisKeyPool:
             base_url=cfg.base_url, timeout=cfg.timeout,
         )
 
-    def _settle_steps(self, reservation_id: str, key_id: str | None, mode: str, usage: Usage | None) -> Steps[bool]:
+    def _settle_steps(self, reservation_id: str, key_id: str | None, mode: str, usage: Usage | None,
+                      sent_ago_ms: int | None = None) -> Steps[bool]:
         ks, pool = self.ks, self.pool
         if key_id is None:
             raw = yield Op(lambda c: c.hget(ks.pool_reservations(pool), reservation_id))
@@ -256,15 +257,22 @@ class RedisKeyPool:
         args: list[Any] = [reservation_id, mode]
         if usage is not None:
             args += [max(0, usage.input_tokens), max(0, usage.output_tokens)]
+        else:
+            args += [0, 0]
+        args.append(-1 if sent_ago_ms is None else max(0, int(sent_ago_ms)))
         settled = yield Op(lambda c: CapacityScripts.on(c).settle(keys=keys, args=args), bool)
         return settled
 
-    def _settle(self, reservation_id: str, key_id: str | None, mode: str, usage: Usage | None) -> bool:
-        return drive(self.client, self._settle_steps(reservation_id, key_id, mode, usage))
+    def _settle(self, reservation_id: str, key_id: str | None, mode: str, usage: Usage | None,
+                sent_ago_ms: int | None = None) -> bool:
+        return drive(self.client, self._settle_steps(reservation_id, key_id, mode, usage, sent_ago_ms))
 
-    def settle(self, grant: Grant, usage: Usage | None) -> None:
-        """Replace the estimate with ``usage`` (``None``: refund the tokens, keep the request)."""
-        self._settle(grant.reservation_id, grant.key_id, "usage" if usage is not None else "refund", usage)
+    def settle(self, grant: Grant, usage: Usage | None, *, sent_ago_ms: int | None = None) -> None:
+        """Replace the estimate with ``usage`` (``None``: refund the tokens, keep the request).
+        The request's window entries are stamped again with the moment it left (``sent_ago_ms``
+        before now), or, when that is not known, with now (the provider had it by then)."""
+        self._settle(grant.reservation_id, grant.key_id, "usage" if usage is not None else "refund", usage,
+                     sent_ago_ms)
 
     def release(self, reservation_id: str) -> bool:
         """Give back a booked slot (or refund an unused grant's tokens). False if unknown/settled."""

@@ -28,6 +28,7 @@ import anthropic
 from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
 from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
+from router_jobs.providers import sentclock
 from router_jobs.providers._clients import ClientCache
 from router_jobs.providers.base import (
     ChatRequest,
@@ -55,7 +56,8 @@ _FINISH: dict[str, FinishReason] = {
 
 def _build_client(creds: KeyCredentials) -> anthropic.Anthropic:
     return anthropic.Anthropic(
-        api_key=creds.api_key, base_url=creds.base_url, timeout=creds.timeout, max_retries=0
+        api_key=creds.api_key, base_url=creds.base_url, timeout=creds.timeout, max_retries=0,
+        http_client=anthropic.DefaultHttpxClient(transport=sentclock.transport()),
     )
 
 

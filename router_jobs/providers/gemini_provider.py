@@ -42,6 +42,7 @@ from google.genai import types
 from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
 from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
+from router_jobs.providers import sentclock
 from router_jobs.providers._clients import ClientCache
 from router_jobs.providers.base import (
     ChatRequest,
@@ -76,6 +77,7 @@ def _build_client(creds: KeyCredentials) -> genai.Client:
         api_version="v1beta",
         timeout=max(1, int(creds.timeout * 1000)),
         retry_options=types.HttpRetryOptions(attempts=1),
+        httpx_client=sentclock.http_module().Client(transport=sentclock.transport(), timeout=creds.timeout),
     )
     return genai.Client(api_key=creds.api_key, http_options=options)
 

@@ -23,6 +23,7 @@ import openai
 from router_jobs.errors import BadRequest, ContentBlocked, ProviderError
 from router_jobs.models import ChatMessage, Usage
 from router_jobs.providers import errors_map as em
+from router_jobs.providers import sentclock
 from router_jobs.providers._clients import ClientCache
 from router_jobs.providers.base import (
     ChatRequest,
@@ -45,7 +46,8 @@ _FINISH: dict[str, FinishReason] = {
 
 def _build_client(creds: KeyCredentials) -> openai.OpenAI:
     return openai.OpenAI(
-        api_key=creds.api_key, base_url=creds.base_url, timeout=creds.timeout, max_retries=0
+        api_key=creds.api_key, base_url=creds.base_url, timeout=creds.timeout, max_retries=0,
+        http_client=openai.DefaultHttpxClient(transport=sentclock.transport()),
     )
 
 

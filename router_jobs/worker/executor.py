@@ -32,6 +32,7 @@ from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
 from router_jobs.conversations.turns import ChatTurns
 from router_jobs.jobs.records import JobStore, StartedJob, job_message
 from router_jobs.models import ChatMessage, JobResult, JobSpec, JobStatus, Usage
+from router_jobs.providers import sentclock
 from router_jobs.providers.base import ChatRequest, ChatResponse, KeyCredentials, ProviderAdapter
 from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
 from router_jobs.streaming.live import LiveAttempt, ending_event, waiting_event
@@ -83,6 +84,12 @@ def backoff_ms(attempts: int) -> int:
     """Jittered exponential backoff after ``attempts`` failed calls (0.5 s, 1 s, 2 s … 30 s)."""
     base = min(MAX_BACKOFF, 0.5 * 2 ** max(0, attempts - 1))
     return int(base * random.uniform(0.8, 1.2) * 1000)
+
+
+def _sent_ago_ms() -> int | None:
+    """How long ago this thread's last provider request left (None: not known)."""
+    sent = sentclock.sent_at()
+    return None if sent is None else max(0, int((time.monotonic() - sent) * 1000))
 
 
 @dataclass
@@ -286,6 +293,7 @@ class Executor:
         early = not_before - time.monotonic()
         if early > 0:  # admitted ahead of its room: the reservation is stamped at not_before
             time.sleep(early)
+        sentclock.begin()
         started = time.monotonic()
         try:
             if live is not None:
@@ -299,7 +307,7 @@ class Executor:
                 else:
                     live.close()
             seconds = time.monotonic() - started
-            self.pool.settle(grant, None)
+            self.pool.settle(grant, None, sent_ago_ms=_sent_ago_ms())
             self._settled(job.job_id)
             self.pool.report_error(grant, exc, secret_fingerprint=_fingerprint(api_key))
             self.observer.provider_call(grant, seconds, exc, None)
@@ -324,7 +332,7 @@ class Executor:
                 self.pool.settle(grant, None)
             raise
         seconds = time.monotonic() - started
-        self.pool.settle(grant, response.usage)
+        self.pool.settle(grant, response.usage, sent_ago_ms=_sent_ago_ms())
         if self.scheduler is not None:  # refunded tokens and the released lease may admit others
             self.scheduler.settled([job.job_id])
         self.pool.report_success(grant, latency=seconds, rate_limit=response.rate_limit)

@@ -12,12 +12,15 @@
 -- ARGV[2] mode: 'usage' (ARGV[3] input, ARGV[4] output tokens), 'refund' (tokens back,
 --         the request stays counted), 'release' (a booked slot is given back entirely;
 --         on a granted reservation it acts as 'refund')
+-- ARGV[5] ms since the request left the worker (-1 or absent: not known)
 -- Returns 1 when settled now, 0 when unknown or already settled.
 --
--- A granted request is stamped again with the settle time (never earlier than its stamp):
--- the provider received it somewhere between the claim and now, so from now on its entry
--- leaves our windows only after the provider's copy has, however long the request took to
--- reach the provider on a busy worker.
+-- A granted request is stamped again with the moment it left the worker (ARGV[5] ms ago;
+-- never earlier than its stamp): the provider counted it then, plus the network's transit,
+-- which the margin covers. When that moment is not known it is stamped with the settle
+-- time: the provider received it somewhere between the claim and now, so its entry leaves
+-- our windows only after the provider's copy has, however long the request took to reach
+-- the provider on a busy worker.
 
 local SEP = '\31'
 local tm = redis.call('TIME')
@@ -48,7 +51,12 @@ else
 end
 
 local ts = rec.t
-if rec.s == 'g' and now > ts then ts = now end
+local sent_ago = tonumber(ARGV[5] or '-1') or -1
+if rec.s == 'g' then
+  local left = now
+  if sent_ago >= 0 then left = now - sent_ago end
+  if left > ts then ts = left end
+end
 for _, prefix in ipairs(rec.p) do
   local old = prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(rec.w)
   local present = redis.call('ZREM', KEYS[2], old) == 1
