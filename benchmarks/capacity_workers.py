@@ -214,6 +214,13 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
         for h in handles:
             deliveries += int(router.client.hget(router.schema.job(h.job_id), "deliveries") or 0)
         received = server.received()
+        if os.environ.get("CAP_DEBUG"):
+            for k in names:
+                times = sorted(r.arrived for r in received if r.key == k and r.status == 200)
+                gaps = sorted(round((b - a) * 1000) for a, b in zip(times, times[1:], strict=False))
+                if gaps:
+                    print(f"arrival gaps of {k} (ms): min {gaps[0]} p10 {gaps[len(gaps) // 10]} "
+                          f"p50 {gaps[len(gaps) // 2]} p90 {gaps[9 * len(gaps) // 10]} max {gaps[-1]}")
         windows = {k: server.max_in_window(k, window_s) for k in names}
         per_second = {k: max(server.per_second(k).values(), default=0) for k in names}
         arrivals = sorted(r.arrived for r in received if r.status == 200)
