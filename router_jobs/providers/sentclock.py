@@ -68,7 +68,7 @@ def transport(**kwargs: Any) -> Any:
     request left; pass it as ``transport=`` to the client an SDK is given."""
     httpx = http_module()
 
-    class _Traced(httpx.HTTPTransport):  # type: ignore[misc,name-defined]
+    class _Traced(httpx.HTTPTransport):  # type: ignore[name-defined]
         def handle_request(self, request: Any) -> Any:
             request.extensions["trace"] = _chain(request.extensions.get("trace"))
             return super().handle_request(request)
