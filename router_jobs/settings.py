@@ -39,6 +39,7 @@ ENV_NAMES: dict[str, str] = {
     "ROUTER_POOL_LATE_MS": "pool_late_ms",
     "ROUTER_POOL_LEAD_MS": "pool_lead_ms",
     "ROUTER_INTERACTIVE_SHARE": "interactive_share",
+    "ROUTER_INTERACTIVE_SHARE_MIN": "interactive_share_min",
     "ROUTER_INTERACTIVE_HOLD_S": "interactive_hold_s",
     "ROUTER_WORKER_METRICS_PORT": "worker_metrics_port",
     "PROMETHEUS_MULTIPROC_DIR": "prometheus_multiproc_dir",
@@ -90,9 +91,11 @@ class Settings(BaseModel):
     #: how far ahead of a key's room the scheduler may admit a job (the worker starts the
     #: call at the moment the room exists, so delivery latency does not delay the window)
     pool_lead_ms: int = Field(default=250, ge=0, le=5000)
-    #: share of each key held for interactive work while interactive jobs keep arriving
+    #: most of each key held for interactive work while interactive jobs keep arriving
     interactive_share: float = Field(default=0.1, ge=0.0, le=0.9)
-    #: seconds after the last interactive arrival that the share stays held
+    #: least of each key held then (the share adapts to recent interactive demand in between)
+    interactive_share_min: float = Field(default=0.05, ge=0.0, le=0.9)
+    #: seconds after the last interactive arrival that a share stays held
     interactive_hold_s: float = Field(default=120.0, ge=0.0)
     worker_metrics_port: int | None = None
     prometheus_multiproc_dir: Path | None = None

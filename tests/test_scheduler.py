@@ -246,3 +246,58 @@ def test_a_producer_started_before_the_keys_were_seeded_sees_them_at_once(r: red
     out = early.enqueue([demand("a")])
     # admitted into its line at once, not handed over as "no key serves" for up to 1 s
     assert out.admitted == 1 and isinstance(early.claim("a"), Grant)
+
+
+def _models_pool(r: redis.Redis, ns: str, rpm: dict[str, int], **kw: object) -> Scheduler:
+    """One key per model (k-<model>, its own rpm): each step below uses fresh room."""
+    spec = [{"key_id": f"k-{m}", "model_name": m, "provider": "fake", "rpm": n} for m, n in rpm.items()]
+    return Scheduler(RedisKeyPool(r, RedisSchema(ns), parse_keys({"keys": spec}), margin_ms=0),
+                     **kw)  # type: ignore[arg-type]
+
+
+def _burst(s: Scheduler, model: str, queue: str, n: int, tag: str) -> int:
+    """Put n jobs of ``queue`` in ``model``'s line; how many of them were admitted at once."""
+    s.enqueue([demand(f"{tag}{i}", queue=queue, models=[model]) for i in range(n)])
+    return sum(1 for j in delivered(s.client, s.ks.ns, queue) if j.startswith(tag))
+
+
+def test_held_share_follows_recent_interactive_admissions(r: redis.Redis, namespace: str) -> None:
+    s = _models_pool(r, namespace, {"a": 100, "b": 100, "c": 100, "d": 100, "e": 1000},
+                     interactive_share=0.3, interactive_share_min=0.05, max_admit=1000,
+                     interactive_hold_ms=3_600_000)  # counts decay over 15 min: none within the test
+    # no interactive demand: batch work gets every key's full limit
+    assert _burst(s, "a", "batch", 150, "a") == 100 and s.held_share() == 0.0
+    # one interactive job among 101 admissions: the least is held (5 of 100, one of them used)
+    assert _burst(s, "b", "interactive", 1, "ib") == 1
+    assert s.held_share() == pytest.approx(0.05)
+    assert _burst(s, "b", "batch", 150, "b") == 94
+    # a burst of 20: twice 21/215 is held (the limit 100 becomes 80 for batch work; 20 are used)
+    assert _burst(s, "c", "interactive", 20, "ic") == 20
+    assert s.held_share() == pytest.approx(2 * 21 / 215, rel=1e-3)
+    assert _burst(s, "c", "batch", 150, "c") == 60
+    # those 60 made the fraction smaller (2 x 21/275 held): 4 more of c's batch fit at the next step
+    # (here together with a burst past the ceiling, which then holds the ceiling)
+    assert _burst(s, "d", "interactive", 60, "id") == 60
+    assert sum(1 for j in delivered(r, namespace, "batch") if j.startswith("c")) == 64
+    assert s.held_share() == pytest.approx(0.3)
+    assert _burst(s, "d", "batch", 150, "d") == 10
+    # interactive demand stops, batch work goes on: the share falls back with the fraction
+    assert _burst(s, "e", "batch", 1000, "e") == 700
+    assert s.held_share() == pytest.approx(2 * 81 / 1049, rel=1e-3)
+
+
+def test_held_share_ends_with_the_hold(r: redis.Redis, namespace: str) -> None:
+    s = _models_pool(r, namespace, {"a": 100, "b": 100}, interactive_share=0.3, interactive_share_min=0.05,
+                     interactive_hold_ms=1500)
+    assert _burst(s, "a", "interactive", 30, "i") == 30
+    assert s.held_share() == pytest.approx(0.3)  # only interactive admissions: the most
+    time.sleep(1.6)  # no interactive arrival for longer than the hold
+    assert s.held_share() == 0.0
+    assert _burst(s, "b", "batch", 150, "b") == 100
+
+
+def test_no_interactive_share_holds_nothing(r: redis.Redis, namespace: str) -> None:
+    s = _models_pool(r, namespace, {"a": 100, "b": 100}, interactive_share=0.0)
+    assert _burst(s, "a", "interactive", 30, "i") == 30
+    assert s.held_share() == 0.0
+    assert _burst(s, "b", "batch", 150, "b") == 100
