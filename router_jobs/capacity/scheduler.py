@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,12 +77,16 @@ class Demand:
 
     @classmethod
     def for_spec(cls, job_id: str, queue: str, spec: JobSpec, input_tokens: int, message: bytes, *,
-                 excluded: frozenset[str] = frozenset(), arrival_ms: int | None = None) -> Demand:
-        """The demand of a job from its spec."""
+                 excluded: frozenset[str] = frozenset(), arrival_ms: int | None = None,
+                 weights: Mapping[str, float] | None = None) -> Demand:
+        """The demand of a job from its spec; ``weights`` maps fairness keys to their weight
+        (``ROUTER_FAIRNESS_WEIGHTS``; a key not named weighs 1)."""
+        key = fairness_key(spec)
         return cls(
             job_id=job_id, queue=queue, models=spec.models(), input_tokens=input_tokens,
             max_output_tokens=spec.max_output_tokens, message=message, objective=spec.objective,
-            fairness_key=fairness_key(spec), max_wait_ms=-1 if spec.max_wait is None else int(spec.max_wait * 1000),
+            fairness_key=key, weight=(weights or {}).get(key, 1.0),
+            max_wait_ms=-1 if spec.max_wait is None else int(spec.max_wait * 1000),
             deadline_ms=-1 if spec.deadline is None else int(spec.deadline * 1000), excluded=excluded,
             arrival_ms=arrival_ms,
         )
@@ -136,13 +140,16 @@ class Scheduler:
     """Wait lines and admission over one :class:`RedisKeyPool` (same Redis, same pool tag)."""
 
     def __init__(self, pool: RedisKeyPool, *, interactive_share: float = 0.1, interactive_share_min: float = 0.05,
-                 interactive_hold_ms: int = 120_000, max_admit: int = 256, lead_ms: int = 250) -> None:
+                 interactive_hold_ms: int = 120_000, max_admit: int = 256, lead_ms: int = 250,
+                 fairness_weights: Mapping[str, float] | None = None) -> None:
         self.pool = pool
         self.lead_ms = max(0, int(lead_ms))
         self.client = pool.client
         self.ks = pool.ks
         self.interactive_share = min(max(interactive_share, 0.0), 0.9)
         self.interactive_share_min = min(max(interactive_share_min, 0.0), self.interactive_share)
+        #: fairness key -> weight of its batch jobs (callers pass it to :meth:`Demand.for_spec`)
+        self.fairness_weights: dict[str, float] = dict(fairness_weights or {})
         self.interactive_hold_ms = int(interactive_hold_ms)
         self.max_admit = max(1, int(max_admit))
         self.scripts = SchedulerScripts(pool.client)

@@ -173,7 +173,8 @@ class Router:
         self.scheduler = Scheduler(self.pool, interactive_share=settings.interactive_share,
                                    interactive_share_min=settings.interactive_share_min,
                                    interactive_hold_ms=int(settings.interactive_hold_s * 1000),
-                                   lead_ms=settings.pool_lead_ms)
+                                   lead_ms=settings.pool_lead_ms,
+                                   fairness_weights=settings.fairness_weights)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:
