@@ -22,16 +22,20 @@ from router_jobs.secrets.scan import scan_paths
 @json_option
 def queues(as_json: bool) -> None:
     """Per queue: ready, delayed, in flight, dead-lettered, consumers, oldest ready, done in 1 min;
-    per model: jobs waiting in the key pool for room."""
+    per model: jobs waiting in the key pool for room; the share of each key held from batch work."""
     r = router()
     rows = ops.queue_stats(r.client, r.schema, stale=stale_after(r.settings))
     lines = r.scheduler.lines()
+    held = r.scheduler.held_share()
     for row in rows:  # jobs of this queue's class waiting in the key pool for room
         row["waiting_in_pool"] = sum(n.get(row["queue"], 0) for n in lines.values())
+        # share of each key's limits this queue's jobs may not use now (held for interactive work)
+        row["held_share"] = 0.0 if row["queue"] == "interactive" else round(held, 4)
     if as_json:
         echo_json(rows)
     else:
         click.echo(views.queues_table(rows))
+        click.echo(f"\nheld from batch work for interactive jobs: {held:.1%} of each key's limits")
         waiting = [[m, n["interactive"], n["batch"]] for m, n in lines.items() if n["interactive"] or n["batch"]]
         if waiting:
             click.echo("\nwaiting in the key pool for room (delivered once admitted):")

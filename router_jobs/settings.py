@@ -7,12 +7,14 @@ Nothing in the library reads the environment except :meth:`Settings.from_env`.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from router_jobs.errors import ConfigError
 
@@ -39,7 +41,9 @@ ENV_NAMES: dict[str, str] = {
     "ROUTER_POOL_LATE_MS": "pool_late_ms",
     "ROUTER_POOL_LEAD_MS": "pool_lead_ms",
     "ROUTER_INTERACTIVE_SHARE": "interactive_share",
+    "ROUTER_INTERACTIVE_SHARE_MIN": "interactive_share_min",
     "ROUTER_INTERACTIVE_HOLD_S": "interactive_hold_s",
+    "ROUTER_FAIRNESS_WEIGHTS": "fairness_weights",
     "ROUTER_WORKER_METRICS_PORT": "worker_metrics_port",
     "PROMETHEUS_MULTIPROC_DIR": "prometheus_multiproc_dir",
     "SECRET_STORE_TYPE": "secret_store_type",
@@ -90,10 +94,14 @@ class Settings(BaseModel):
     #: how far ahead of a key's room the scheduler may admit a job (the worker starts the
     #: call at the moment the room exists, so delivery latency does not delay the window)
     pool_lead_ms: int = Field(default=250, ge=0, le=5000)
-    #: share of each key held for interactive work while interactive jobs keep arriving
+    #: most of each key held for interactive work while interactive jobs keep arriving
     interactive_share: float = Field(default=0.1, ge=0.0, le=0.9)
-    #: seconds after the last interactive arrival that the share stays held
+    #: least of each key held then (the share adapts to recent interactive demand in between)
+    interactive_share_min: float = Field(default=0.05, ge=0.0, le=0.9)
+    #: seconds after the last interactive arrival that a share stays held
     interactive_hold_s: float = Field(default=120.0, ge=0.0)
+    #: fairness key (user_id, tenant, batch id) -> weight of its share of batch admissions (default 1)
+    fairness_weights: dict[str, float] = Field(default_factory=dict)
     worker_metrics_port: int | None = None
     prometheus_multiproc_dir: Path | None = None
     vault_addr: str | None = None
@@ -108,6 +116,11 @@ class Settings(BaseModel):
     global_rpm_max: float = Field(default=1000, gt=0)
     global_burst_max: float = Field(default=2000, gt=0)
     conversation_ttl_seconds: int = Field(default=86400, gt=0)
+
+    @field_validator("fairness_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value: Any) -> dict[str, float]:
+        return parse_fairness_weights(value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -126,3 +139,58 @@ class Settings(BaseModel):
             field_name = ".".join(str(p) for p in err.get("loc", ()))
             env_name = next((k for k, v in ENV_NAMES.items() if v == field_name), field_name)
             raise ConfigError(f"setting {env_name}: {err.get('msg')}", field=field_name) from None
+
+
+#: the largest weight that still changes a share (fair tags advance by 1,000,000 / weight)
+MAX_FAIRNESS_WEIGHT = 1_000_000.0
+
+
+def parse_fairness_weights(value: Any) -> dict[str, float]:
+    """Fairness weights from ``tenant-a=4,alice=2``, a JSON object (``{"tenant-a": 4}``) or a
+    mapping. Each weight is a number > 0 and at most 1,000,000; raises ValueError naming the
+    entry that is not."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON object: {exc.msg}") from None
+        else:
+            pairs: dict[str, Any] = {}
+            for item in filter(None, (p.strip() for p in text.split(","))):
+                name, eq, text_weight = (x.strip() for x in item.partition("="))
+                if not eq or not name:
+                    raise ValueError(f"{item!r} is not fairness-key=weight")
+                if name in pairs:
+                    raise ValueError(f"fairness key {name!r} is given twice")
+                pairs[name] = text_weight
+            value = pairs
+    if not isinstance(value, Mapping):
+        raise ValueError("give fairness-key=weight pairs separated by commas, or a JSON object")
+    out: dict[str, float] = {}
+    for key, raw in value.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"fairness key {key!r} must be a non-empty string")
+        w = _weight(raw)
+        if w is None or not 0 < w <= MAX_FAIRNESS_WEIGHT:
+            raise ValueError(f"weight of {key!r} must be a number above 0 and at most 1000000, not {raw!r}")
+        out[key] = w
+    return out
+
+
+def _weight(raw: Any) -> float | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        w = float(raw)
+    elif isinstance(raw, str):
+        try:
+            w = float(raw)
+        except ValueError:
+            return None
+    else:
+        return None
+    return w if math.isfinite(w) else None

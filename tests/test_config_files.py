@@ -41,3 +41,38 @@ def test_bad_setting_names_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"ROUTER_MAX_ATTEMPTS": "0"})
     assert "ROUTER_MAX_ATTEMPTS" in str(info.value)
+
+
+@pytest.mark.parametrize(("raw", "weights"), [
+    ("tenant-a=4,alice=2", {"tenant-a": 4.0, "alice": 2.0}),
+    (" tenant-a = 4 , alice=0.5, ", {"tenant-a": 4.0, "alice": 0.5}),
+    ('{"tenant-a": 4, "batch 7": 1.5}', {"tenant-a": 4.0, "batch 7": 1.5}),
+    ("", {}),
+])
+def test_fairness_weights_are_read(raw: str, weights: dict[str, float]) -> None:
+    assert Settings.from_env({"ROUTER_FAIRNESS_WEIGHTS": raw}).fairness_weights == weights
+
+
+def test_fairness_weights_default_to_none_named() -> None:
+    assert Settings.from_env({}).fairness_weights == {}
+    assert Settings(fairness_weights={"a": 2}).fairness_weights == {"a": 2.0}
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ("alice", "'alice' is not fairness-key=weight"),
+    ("=3", "'=3' is not fairness-key=weight"),
+    ("alice=x", "weight of 'alice' must be a number above 0"),
+    ("alice=0", "weight of 'alice' must be a number above 0"),
+    ("alice=-1", "weight of 'alice' must be a number above 0"),
+    ("alice=nan", "weight of 'alice' must be a number above 0"),
+    ("alice=2000000", "at most 1000000"),
+    ("alice=1,alice=2", "'alice' is given twice"),
+    ('{"alice": true}', "weight of 'alice' must be a number above 0"),
+    ('{"alice": 2', "not a valid JSON object"),
+    ("[1, 2]", "is not fairness-key=weight"),
+])
+def test_bad_fairness_weights_name_the_setting_and_the_reason(raw: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ROUTER_FAIRNESS_WEIGHTS": raw})
+    assert info.value.field == "fairness_weights"
+    assert "ROUTER_FAIRNESS_WEIGHTS" in str(info.value) and reason in str(info.value)

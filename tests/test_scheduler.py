@@ -15,6 +15,9 @@ from router_jobs.capacity.config import parse_keys
 from router_jobs.capacity.pool import Grant
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
+from router_jobs.client.router import Router
+from router_jobs.models import JobSpec
+from router_jobs.settings import Settings
 
 
 def make(r: redis.Redis, ns: str, *, rpm: int = 3, keys: int = 1, share: float = 0.0, margin_ms: int = 20,
@@ -246,3 +249,109 @@ def test_a_producer_started_before_the_keys_were_seeded_sees_them_at_once(r: red
     out = early.enqueue([demand("a")])
     # admitted into its line at once, not handed over as "no key serves" for up to 1 s
     assert out.admitted == 1 and isinstance(early.claim("a"), Grant)
+
+
+def test_weighted_shares_follow_the_configured_weights(r: redis.Redis, namespace: str) -> None:
+    weights = Settings.from_env({"ROUTER_FAIRNESS_WEIGHTS": "tenant-a=3, alice=1"}).fairness_weights
+    s = make(r, namespace, rpm=40, margin_ms=0)
+
+    def job(i: int, **who: object) -> Demand:
+        spec = JobSpec(prompt="x", model="m", **who)  # type: ignore[arg-type]
+        job_id = f"{'a' if who.get('metadata') else 'u'}{i}"
+        return Demand.for_spec(job_id, "batch", spec, 10, f"msg-{job_id}".encode(), weights=weights)
+
+    heavy = [job(i, metadata={"tenant": "tenant-a"}) for i in range(100)]
+    light = [job(i, user_id="alice") for i in range(100)]
+    assert {d.weight for d in heavy} == {3.0} and {d.weight for d in light} == {1.0}
+    out = s.enqueue(heavy + light)
+    # 40 admitted in fair-tag order: three of tenant-a's jobs for each of alice's
+    assert out.admitted == 40
+    got = Counter(j[0] for j in delivered(r, namespace, "batch"))
+    assert got == {"a": 30, "u": 10}
+
+
+def test_submit_puts_jobs_in_line_with_their_configured_weight(r: redis.Redis, redis_url: str,
+                                                               namespace: str) -> None:
+    settings = Settings.from_env({"REDIS_URL": redis_url, "ROUTER_NAMESPACE": namespace,
+                                  "ROUTER_FAIRNESS_WEIGHTS": '{"tenant-a": 3}'})
+    keys = parse_keys({"keys": [{"key_id": "k0", "model_name": "m", "provider": "fake", "rpm": 1}]})
+    router = Router(settings, client=redis.Redis.from_url(redis_url), keys=keys)
+    try:
+        router.submit("warm", model="m", priority="batch")  # takes the only room: the rest waits
+        ids = {router.submit(f"a{i}", model="m", priority="batch", metadata={"tenant": "tenant-a"}).job_id: "a"
+               for i in range(6)}
+        ids |= {router.submit(f"u{i}", model="m", priority="batch", user_id="alice").job_id: "u" for i in range(2)}
+        line = [m.decode().rsplit("\x1f", 1)[1] for m in r.zrange(router.scheduler.line_key("m"), 0, -1)]
+        assert "".join(ids[j] for j in line) == "aaauaaau"
+    finally:
+        router.close()
+
+
+def test_a_short_batch_after_a_long_one_is_admitted_interleaved(r: redis.Redis, namespace: str) -> None:
+    spec = [{"key_id": "k0", "model_name": "m", "provider": "fake", "rpm": 100_000}]
+    s = Scheduler(RedisKeyPool(r, RedisSchema(namespace), parse_keys({"keys": spec}), margin_ms=0), max_admit=50)
+    s.enqueue([demand(f"big{i}", fairness="big") for i in range(10_000)])  # each step admits 50 at most
+    before = len(delivered(r, namespace, "batch"))
+    s.enqueue([demand(f"small{i}", fairness="small") for i in range(100)])
+    while not any(j == "small99" for j in delivered(r, namespace, "batch")):
+        assert s.admit(force=True).admitted > 0
+    got = delivered(r, namespace, "batch")
+    after = got[before:]
+    # one for one with the 10,000-line batch: all 100 within the next 200 admissions, not after 10,000
+    assert len(after) == 200
+    assert Counter(j.rstrip("0123456789") for j in after) == {"big": 100, "small": 100}
+
+
+def _models_pool(r: redis.Redis, ns: str, rpm: dict[str, int], **kw: object) -> Scheduler:
+    """One key per model (k-<model>, its own rpm): each step below uses fresh room."""
+    spec = [{"key_id": f"k-{m}", "model_name": m, "provider": "fake", "rpm": n} for m, n in rpm.items()]
+    return Scheduler(RedisKeyPool(r, RedisSchema(ns), parse_keys({"keys": spec}), margin_ms=0),
+                     **kw)  # type: ignore[arg-type]
+
+
+def _burst(s: Scheduler, model: str, queue: str, n: int, tag: str) -> int:
+    """Put n jobs of ``queue`` in ``model``'s line; how many of them were admitted at once."""
+    s.enqueue([demand(f"{tag}{i}", queue=queue, models=[model]) for i in range(n)])
+    return sum(1 for j in delivered(s.client, s.ks.ns, queue) if j.startswith(tag))
+
+
+def test_held_share_follows_recent_interactive_admissions(r: redis.Redis, namespace: str) -> None:
+    s = _models_pool(r, namespace, {"a": 100, "b": 100, "c": 100, "d": 100, "e": 1000},
+                     interactive_share=0.3, interactive_share_min=0.05, max_admit=1000,
+                     interactive_hold_ms=3_600_000)  # counts decay over 15 min: none within the test
+    # no interactive demand: batch work gets every key's full limit
+    assert _burst(s, "a", "batch", 150, "a") == 100 and s.held_share() == 0.0
+    # one interactive job among 101 admissions: the least is held (5 of 100, one of them used)
+    assert _burst(s, "b", "interactive", 1, "ib") == 1
+    assert s.held_share() == pytest.approx(0.05)
+    assert _burst(s, "b", "batch", 150, "b") == 94
+    # a burst of 20: twice 21/215 is held (the limit 100 becomes 80 for batch work; 20 are used)
+    assert _burst(s, "c", "interactive", 20, "ic") == 20
+    assert s.held_share() == pytest.approx(2 * 21 / 215, rel=1e-3)
+    assert _burst(s, "c", "batch", 150, "c") == 60
+    # those 60 made the fraction smaller (2 x 21/275 held): 4 more of c's batch fit at the next step
+    # (here together with a burst past the ceiling, which then holds the ceiling)
+    assert _burst(s, "d", "interactive", 60, "id") == 60
+    assert sum(1 for j in delivered(r, namespace, "batch") if j.startswith("c")) == 64
+    assert s.held_share() == pytest.approx(0.3)
+    assert _burst(s, "d", "batch", 150, "d") == 10
+    # interactive demand stops, batch work goes on: the share falls back with the fraction
+    assert _burst(s, "e", "batch", 1000, "e") == 700
+    assert s.held_share() == pytest.approx(2 * 81 / 1049, rel=1e-3)
+
+
+def test_held_share_ends_with_the_hold(r: redis.Redis, namespace: str) -> None:
+    s = _models_pool(r, namespace, {"a": 100, "b": 100}, interactive_share=0.3, interactive_share_min=0.05,
+                     interactive_hold_ms=1500)
+    assert _burst(s, "a", "interactive", 30, "i") == 30
+    assert s.held_share() == pytest.approx(0.3)  # only interactive admissions: the most
+    time.sleep(1.6)  # no interactive arrival for longer than the hold
+    assert s.held_share() == 0.0
+    assert _burst(s, "b", "batch", 150, "b") == 100
+
+
+def test_no_interactive_share_holds_nothing(r: redis.Redis, namespace: str) -> None:
+    s = _models_pool(r, namespace, {"a": 100, "b": 100}, interactive_share=0.0)
+    assert _burst(s, "a", "interactive", 30, "i") == 30
+    assert s.held_share() == 0.0
+    assert _burst(s, "b", "batch", 150, "b") == 100

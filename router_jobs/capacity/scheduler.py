@@ -25,15 +25,18 @@ later than the window allowed, the key went into cooldown) puts the job back at 
 its class in line; nothing is charged twice.
 
 Interactive isolation: while interactive jobs have arrived within ``interactive_hold_ms``,
-batch admission sees every limit shrunk by ``interactive_share``, so room for interactive work
-exists even while a batch saturates the pool; with no interactive demand the batch gets it all.
+batch admission sees every limit shrunk by a held share, so room for interactive work exists
+even while a batch saturates the pool; with no interactive demand the batch gets it all. The
+share adapts to recent demand: twice the interactive fraction of recent admissions (counts
+decayed with a half-life of a quarter of the hold), at least ``interactive_share_min`` and at
+most ``interactive_share`` (:meth:`Scheduler.held_share`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,12 +77,16 @@ class Demand:
 
     @classmethod
     def for_spec(cls, job_id: str, queue: str, spec: JobSpec, input_tokens: int, message: bytes, *,
-                 excluded: frozenset[str] = frozenset(), arrival_ms: int | None = None) -> Demand:
-        """The demand of a job from its spec."""
+                 excluded: frozenset[str] = frozenset(), arrival_ms: int | None = None,
+                 weights: Mapping[str, float] | None = None) -> Demand:
+        """The demand of a job from its spec; ``weights`` maps fairness keys to their weight
+        (``ROUTER_FAIRNESS_WEIGHTS``; a key not named weighs 1)."""
+        key = fairness_key(spec)
         return cls(
             job_id=job_id, queue=queue, models=spec.models(), input_tokens=input_tokens,
             max_output_tokens=spec.max_output_tokens, message=message, objective=spec.objective,
-            fairness_key=fairness_key(spec), max_wait_ms=-1 if spec.max_wait is None else int(spec.max_wait * 1000),
+            fairness_key=key, weight=(weights or {}).get(key, 1.0),
+            max_wait_ms=-1 if spec.max_wait is None else int(spec.max_wait * 1000),
             deadline_ms=-1 if spec.deadline is None else int(spec.deadline * 1000), excluded=excluded,
             arrival_ms=arrival_ms,
         )
@@ -132,13 +139,17 @@ class Position:
 class Scheduler:
     """Wait lines and admission over one :class:`RedisKeyPool` (same Redis, same pool tag)."""
 
-    def __init__(self, pool: RedisKeyPool, *, interactive_share: float = 0.1, interactive_hold_ms: int = 120_000,
-                 max_admit: int = 256, lead_ms: int = 250) -> None:
+    def __init__(self, pool: RedisKeyPool, *, interactive_share: float = 0.1, interactive_share_min: float = 0.05,
+                 interactive_hold_ms: int = 120_000, max_admit: int = 256, lead_ms: int = 250,
+                 fairness_weights: Mapping[str, float] | None = None) -> None:
         self.pool = pool
         self.lead_ms = max(0, int(lead_ms))
         self.client = pool.client
         self.ks = pool.ks
         self.interactive_share = min(max(interactive_share, 0.0), 0.9)
+        self.interactive_share_min = min(max(interactive_share_min, 0.0), self.interactive_share)
+        #: fairness key -> weight of its batch jobs (callers pass it to :meth:`Demand.for_spec`)
+        self.fairness_weights: dict[str, float] = dict(fairness_weights or {})
         self.interactive_hold_ms = int(interactive_hold_ms)
         self.max_admit = max(1, int(max_admit))
         self.scripts = SchedulerScripts(pool.client)
@@ -182,7 +193,7 @@ class Scheduler:
         for m in models:
             keys += [self.ks.pool_free(self.pool.pool, m), self.line_key(m)]
         args: list[Any] = [op, *self._ms(), self.interactive_share, self.interactive_hold_ms, self.max_admit,
-                           self.lead_ms, len(models), *models, *payload]
+                           self.lead_ms, self.interactive_share_min, len(models), *models, *payload]
         out = yield Op(lambda c: SchedulerScripts.on(c).admit(keys=keys, args=args),
                        lambda r: Admission(int(r[0]), int(r[1]), int(r[2])))
         return out
@@ -253,6 +264,23 @@ class Scheduler:
         eta = start + (place / rate if rate > 0 else float("inf"))
         return Position(model=model, place=place, eta=eta)
 
+    def held_share(self) -> float:
+        """The share of each key's limits batch admission leaves free for interactive work now:
+        0 when no interactive job arrived within the hold time, else what the recent admissions
+        call for (between ``interactive_share_min`` and ``interactive_share``)."""
+        if self.interactive_share <= 0:
+            return 0.0
+        ia, di, da, dt = self.client.hmget(self._part("sched"), "ia", "di", "da", "dt")
+        now = _server_ms(self.client)
+        if ia is None or now - int(ia) >= self.interactive_hold_ms:
+            return 0.0
+        # as admit.lua: counts decayed to now (half-life hold / 4); no history holds the most
+        decay = 2.0 ** (-max(0, now - int(dt or now)) / max(1.0, self.interactive_hold_ms / 4))
+        i, a = float(di or 0) * decay, float(da or 0) * decay
+        if a <= 0:
+            return self.interactive_share
+        return min(self.interactive_share, max(self.interactive_share_min, 2 * i / a))
+
     def admission_rate(self, model: str) -> float:
         """Requests per second the active keys serving ``model`` admit in the long run."""
         total = 0.0
@@ -307,6 +335,11 @@ def fairness_key(spec: JobSpec) -> str:
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _server_ms(client: Any) -> int:
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
 
 
 def _server_s(client: Any) -> float:

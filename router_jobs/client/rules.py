@@ -116,7 +116,8 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
         queue = spec.priority.value
         tokens = estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
             spec.tools, spec.output_format(), spec.model)
-        demand = Demand.for_spec(got_id, queue, spec, tokens, job_message(got_id, queue))
+        demand = Demand.for_spec(got_id, queue, spec, tokens, job_message(got_id, queue),
+                                 weights=router.scheduler.fairness_weights)
         yield from router.scheduler.enqueue_steps([demand])
     record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
     if existed and spec.conversation_id is not None and spec.turn_seq is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -245,7 +245,8 @@ class Executor:
             input_tokens = self.estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
                 spec.tools, spec.output_format(), spec.model)
         self._state(job, reason, None)  # before the job can be admitted and taken up again
-        self.scheduler.enqueue([demand_of(job, queue, input_tokens, excluded)], head=head)
+        self.scheduler.enqueue([demand_of(job, queue, input_tokens, excluded, self.scheduler.fairness_weights)],
+                               head=head)
         self.observer.job_deferred(spec, 0, reason)
         return "deferred"
 
@@ -404,7 +405,8 @@ class Executor:
         return status.value
 
 
-def demand_of(job: StartedJob, queue: str, input_tokens: int, excluded: frozenset[str]) -> Demand:
+def demand_of(job: StartedJob, queue: str, input_tokens: int, excluded: frozenset[str],
+              weights: Mapping[str, float] | None = None) -> Demand:
     """What the pool's line needs to know about a job that waits for room."""
     return Demand.for_spec(job.job_id, queue, job.spec, input_tokens, job_message(job.job_id, queue),
-                           excluded=excluded, arrival_ms=int(job.queued_at * 1000))
+                           excluded=excluded, arrival_ms=int(job.queued_at * 1000), weights=weights)

@@ -8,19 +8,21 @@
 -- KEYS[11] demand  hash  job id -> demand JSON {id,q,c,f,wt,l,m,mw,ni,no,o,x,dl,msg,at,mem}
 -- KEYS[12] fair    hash  fairness key -> last virtual finish tag; '\31V' -> virtual clock
 -- KEYS[13] grants  hash  job id -> reservation id of its admission ('!'..reason: refused)
--- KEYS[14] meta    hash  'due' next admission ms, 'seq', 'ia' last interactive arrival ms
+-- KEYS[14] meta    hash  'due' next admission ms, 'seq', 'ia' last interactive arrival ms,
+--                        'di'/'da' decayed counts of interactive / all admissions as of 'dt' ms
 -- KEYS[15] stream of the 'interactive' queue     KEYS[16] stream of the 'batch' queue
 -- KEYS[17..] per pool model, in ARGV order: free zset, line zset (lex members
 --            "<class>\31<tag 15 digits>\31<seq 12 digits>\31<job id>")
 -- ARGV[1] op: 'admit' (only when due), 'force', 'enqueue', 'remove', 'settled'
 -- ARGV[2] margin ms   ARGV[3] lease grace ms   ARGV[4] record keep ms   ARGV[5] concurrency poll ms
--- ARGV[6] share of each key held for interactive work while interactive jobs arrive (0..1)
--- ARGV[7] how long (ms) after the last interactive arrival that share stays held
+-- ARGV[6] most of each key held for interactive work while interactive jobs arrive (0..1)
+-- ARGV[7] how long (ms) after the last interactive arrival a share stays held
 -- ARGV[8] most admissions in this call
 -- ARGV[9] lead ms: a job may be admitted this long before its room exists; its reservation is
 --         stamped at that future moment and the worker starts the call then (see claim.lua)
--- ARGV[10] number of models M   ARGV[11..10+M] models
--- ARGV[11+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids;
+-- ARGV[10] least of each key held while interactive jobs arrive (the share adapts in between)
+-- ARGV[11] number of models M   ARGV[12..11+M] models
+-- ARGV[12+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids;
 --              settled: job ids whose reservation was settled (their grant is forgotten)
 -- Returns {admitted, ms until the next admission may succeed (-1: lines empty), jobs in line}.
 
@@ -30,14 +32,15 @@ local op = ARGV[1]
 local margin, grace, keep, cpoll = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local share, hold, most = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local lead = tonumber(ARGV[9])
-local M = tonumber(ARGV[10])
+local share_min = tonumber(ARGV[10])
+local M = tonumber(ARGV[11])
 
 --@include poollib
 
 local lane_of = {}
 local lanes = {}
 for i = 1, M do
-  local model = ARGV[10 + i]
+  local model = ARGV[11 + i]
   lanes[i] = {model = model, free = KEYS[16 + 2 * i - 1], line = KEYS[16 + 2 * i]}
   lane_of[model] = lanes[i]
 end
@@ -62,11 +65,11 @@ local function forget_settled(id)
 end
 
 if op == 'settled' then
-  for i = 11 + M, #ARGV do forget_settled(ARGV[i]) end
+  for i = 12 + M, #ARGV do forget_settled(ARGV[i]) end
   op = 'force'
 elseif op == 'enqueue' then
-  local head = ARGV[11 + M] == '1'
-  for i = 12 + M, #ARGV do
+  local head = ARGV[12 + M] == '1'
+  for i = 13 + M, #ARGV do
     local d = cjson.decode(ARGV[i])
     forget_settled(d.id)
     local ln = lane_of[d.l]
@@ -100,7 +103,7 @@ elseif op == 'enqueue' then
   end
   op = 'force'
 elseif op == 'remove' then
-  for i = 11 + M, #ARGV do
+  for i = 12 + M, #ARGV do
     local id = ARGV[i]
     local raw = redis.call('HGET', KEYS[11], id)
     if raw then
@@ -136,9 +139,22 @@ if op == 'admit' then
   if due > now then return {0, due - now, -1} end
 end
 
+-- Interactive isolation, adaptive: decayed counts of recent admissions, interactive (di) and
+-- all (da), half-life hold / 4 (history older than the hold weighs 1/16). While an interactive
+-- job arrived within `hold`, batch work sees every limit shrunk by the held share
+-- clamp(2 x di / da, share_min, share); no history: the most, share. Scheduler.held_share
+-- computes the same from the same fields.
 local ia = tonumber(redis.call('HGET', KEYS[14], 'ia') or '0')
+local cnt = redis.call('HMGET', KEYS[14], 'di', 'da', 'dt')
+local decay = 2 ^ (-math.max(0, now - tonumber(cnt[3] or now)) / math.max(1, hold / 4))
+local di, da = tonumber(cnt[1] or '0') * decay, tonumber(cnt[2] or '0') * decay
+local function held_of(i, a)
+  if a <= 0 then return share end
+  return math.min(share, math.max(share_min, 2 * i / a))
+end
 local batch_scale = 1
-if share > 0 and now - ia < hold then batch_scale = 1 - share end
+if share > 0 and now - ia < hold then batch_scale = 1 - held_of(di, da) end
+local admitted_ia = 0
 
 local SCAN = 64
 local CHOICE = 4
@@ -294,6 +310,7 @@ for class = 0, 1 do
             local kind, at = try_admit(d, ln)
             if kind == 'g' then
               admitted = admitted + 1
+              if class == 0 then admitted_ia = admitted_ia + 1 end
               if admitted >= most then cut = true; next_at = now end
             elseif kind == 'w' then
               blocked[class .. sig] = true
@@ -307,6 +324,11 @@ for class = 0, 1 do
       cursor = '(' .. batch[#batch]
     end
   end
+end
+
+if admitted > 0 then
+  di, da = di + admitted_ia, da + admitted
+  redis.call('HSET', KEYS[14], 'di', di, 'da', da, 'dt', now)
 end
 
 local n = line_len()
