@@ -50,6 +50,9 @@ class MemoryPool:
         return next((self.waits[m] for m in request.models if m in self.waits),
                     Wait(0, "every key excluded", retryable=False))
 
+    def sent(self, grant: Grant) -> None:
+        pass
+
     def settle(self, grant: Grant, usage: Usage | None, *, sent_ago_ms: int | None = None) -> None:
         self.settled.append((grant.reservation_id, usage))
 

@@ -76,3 +76,20 @@ def test_settle_stamps_the_window_entry_when_the_request_left(r: redis.Redis, na
     unknown.settle(g2, Usage(input_tokens=1, output_tokens=1))  # not known: stamped now
     assert s2.settled(["c"]).next_ms >= 1000
     assert rec["s"] == "d"
+
+
+def test_a_request_that_left_late_moves_its_window_entry_at_once(r: redis.Redis, namespace: str) -> None:
+    spec = [{"key_id": "k0", "model_name": "m", "provider": "fake", "windows": [{"limit": 1, "seconds": 1}]}]
+    pool = RedisKeyPool(r, RedisSchema(namespace), parse_keys({"keys": spec}), margin_ms=20)
+    s = Scheduler(pool, lead_ms=0)
+    s.enqueue([demand("a"), demand("b")])
+    g = s.claim("a")
+    assert isinstance(g, Grant)
+    before = s.admit(force=True).next_ms  # b's room: 1 s + margin after a's claim
+    time.sleep(0.3)  # the worker was slow to send it (a busy machine, a new connection)
+    pool.sent(g)  # the call is still running: its entry moves now, not at settle
+    time.sleep(max(0.0, before / 1000 - 0.3) + 0.05)
+    # b's room at the old stamp has come, but not 1 s after the send: b still waits
+    assert s.admit(force=True).admitted == 0
+    time.sleep(0.35)
+    assert s.admit(force=True).admitted == 1

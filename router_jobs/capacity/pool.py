@@ -81,6 +81,10 @@ class KeyPool(Protocol):
         long ago the request left (the provider counted it then, not when it answered)."""
         ...
 
+    def sent(self, grant: Grant) -> None:
+        """The granted request has just left: its window entries are stamped with this moment."""
+        ...
+
     def report_success(self, grant: Grant, *, latency: float, rate_limit: RateLimitInfo | None) -> None:
         """Record a successful call (latency EWMA, provider-reported remaining room)."""
         ...

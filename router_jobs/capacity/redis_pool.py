@@ -274,6 +274,11 @@ class RedisKeyPool:
         self._settle(grant.reservation_id, grant.key_id, "usage" if usage is not None else "refund", usage,
                      sent_ago_ms)
 
+    def sent(self, grant: Grant) -> None:
+        """The granted request has just left the worker: stamp its window entries now, while
+        the call goes on (the provider counts it from about now; settling stamps it again)."""
+        self._settle(grant.reservation_id, grant.key_id, "sent", None)
+
     def release(self, reservation_id: str) -> bool:
         """Give back a booked slot (or refund an unused grant's tokens). False if unknown/settled."""
         return self._settle(reservation_id, None, "release", None)

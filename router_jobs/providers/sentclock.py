@@ -10,8 +10,9 @@ window for the whole length of the call, which on a per-second limit costs most 
 The SDKs run on httpx (``httpx`` or ``httpx2``, whichever the installation resolved), whose
 transport reports each step of a request to a ``trace`` callback. :func:`transport` wraps the
 default transport so that the moment the request's body was written (or, failing that, the
-moment the answer's headers began to arrive) is kept per thread: :func:`begin` before a call,
-:func:`sent_at` after it (``time.monotonic()``, or None when the request never left).
+moment the answer's headers began to arrive) is kept per thread: :func:`begin` before a call
+(with a hook run at that moment), :func:`sent_at` after it (``time.monotonic()``, or None
+when the request never left).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -37,9 +39,12 @@ def http_module() -> ModuleType:
     raise ImportError("neither httpx2 nor httpx is installed")  # pragma: no cover
 
 
-def begin() -> None:
-    """Forget the last call's moment (call before each provider call, on its thread)."""
+def begin(on_sent: Callable[[], None] | None = None) -> None:
+    """Forget the last call's moment (call before each provider call, on its thread).
+    ``on_sent`` runs once, on this thread, the moment the request has left (while the
+    provider works on it): the pool stamps its window entries then."""
     _local.sent = None
+    _local.on_sent = on_sent
 
 
 def sent_at() -> float | None:
@@ -50,6 +55,10 @@ def sent_at() -> float | None:
 def _trace(event: str, info: dict[str, Any]) -> None:
     if event.endswith(_SENT_EVENTS) and getattr(_local, "sent", None) is None:
         _local.sent = time.monotonic()
+        hook = getattr(_local, "on_sent", None)
+        _local.on_sent = None
+        if hook is not None:
+            hook()
 
 
 def _chain(previous: Any) -> Any:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import redis
+
 from router_jobs import errors
 from router_jobs.admission.budgets import Budgets
 from router_jobs.capacity.config import Cost
@@ -294,7 +296,7 @@ class Executor:
         early = not_before - time.monotonic()
         if early > 0:  # admitted ahead of its room: the reservation is stamped at not_before
             time.sleep(early)
-        sentclock.begin()
+        sentclock.begin(on_sent=lambda: self._sent(grant))
         started = time.monotonic()
         try:
             if live is not None:
@@ -349,6 +351,13 @@ class Executor:
             job, queue, JobStatus.succeeded, None, None, attempts=attempts, grant=grant,
             content=response.content, usage=response.usage, provider_time=seconds, response=response,
         )
+
+    def _sent(self, grant: Grant) -> None:
+        """Runs on the call's thread the moment its request has left (see sentclock)."""
+        try:
+            self.pool.sent(grant)
+        except redis.RedisError as exc:  # the call goes on; settling stamps the moment later
+            log.warning("key %s: could not stamp the sent request: %s", grant.key_id, exc)
 
     def _retry(self, job: StartedJob, queue: str, attempts: int, excluded: frozenset[str], delay: int,
                defer: Callable[[int], None], error_type: str, message: str, grant: Grant | None = None) -> str:

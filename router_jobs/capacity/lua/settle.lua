@@ -11,7 +11,8 @@
 -- ARGV[1] reservation id
 -- ARGV[2] mode: 'usage' (ARGV[3] input, ARGV[4] output tokens), 'refund' (tokens back,
 --         the request stays counted), 'release' (a booked slot is given back entirely;
---         on a granted reservation it acts as 'refund')
+--         on a granted reservation it acts as 'refund'), 'sent' (the request has just
+--         left: its entries are stamped now; nothing else changes)
 -- ARGV[5] ms since the request left the worker (-1 or absent: not known)
 -- Returns 1 when settled now, 0 when unknown or already settled.
 --
@@ -34,6 +35,29 @@ if rec.s == 'd' then return 0 end
 
 local function pad(ms) return string.format('%015d', ms) end
 local function wstr(w) return w[1] .. ',' .. w[2] .. ',' .. w[3] .. ',' .. w[4] end
+
+-- 'sent': the request has just left the worker; its entries move to now (never earlier),
+-- while the call goes on: a short window's next admission then follows the real send
+if mode == 'sent' then
+  if rec.s ~= 'g' or now <= rec.t then return 0 end
+  for _, prefix in ipairs(rec.p) do
+    local old = prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(rec.w)
+    local s = {0, 0, 0, 0, 0}
+    local sraw = redis.call('HGET', KEYS[3], prefix)
+    if sraw then
+      local j = 1
+      for v in string.gmatch(sraw, '%S+') do s[j] = tonumber(v); j = j + 1 end
+    end
+    -- an entry already trimmed (a send later than its window) is written again
+    if redis.call('ZREM', KEYS[2], old) == 0 then for u = 1, 4 do s[u] = s[u] + rec.w[u] end end
+    redis.call('ZADD', KEYS[2], 0, prefix .. pad(now) .. SEP .. rid .. SEP .. wstr(rec.w))
+    if now > s[5] then s[5] = now end
+    redis.call('HSET', KEYS[3], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
+  end
+  rec.t = now
+  redis.call('HSET', KEYS[1], rid, cjson.encode(rec))
+  return 1
+end
 
 local neww
 if mode == 'usage' then
