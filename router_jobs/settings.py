@@ -95,9 +95,9 @@ class Settings(BaseModel):
     #: call at the moment the room exists, so delivery latency does not delay the window)
     pool_lead_ms: int = Field(default=250, ge=0, le=5000)
     #: most of each key held for interactive work while interactive jobs keep arriving
-    interactive_share: float = Field(default=0.1, ge=0.0, le=0.9)
+    interactive_share: float = Field(default=0.2, ge=0.0, le=0.9)
     #: least of each key held then (the share adapts to recent interactive demand in between)
-    interactive_share_min: float = Field(default=0.05, ge=0.0, le=0.9)
+    interactive_share_min: float = Field(default=0.02, ge=0.0, le=0.9)
     #: seconds after the last interactive arrival that a share stays held
     interactive_hold_s: float = Field(default=120.0, ge=0.0)
     #: fairness key (user_id, tenant, batch id) -> weight of its share of batch admissions (default 1)

@@ -64,10 +64,10 @@ def test_queues_after_submits(env: dict[str, str]) -> None:
     assert rows["interactive"]["completed_last_minute"] == 0
     assert len(set(ids)) == 3
     # interactive jobs just arrived and were most of the admissions: batch work leaves the most free
-    assert rows["batch"]["held_share"] == 0.1 and rows["interactive"]["held_share"] == 0.0
+    assert rows["batch"]["held_share"] == 0.2 and rows["interactive"]["held_share"] == 0.0
     table = run(env, "queues").output
     assert "interactive" in table and "OLDEST READY" in table
-    assert "held from batch work for interactive jobs: 10.0% of each key's limits" in table
+    assert "held from batch work for interactive jobs: 20.0% of each key's limits" in table
 
 
 def test_submit_refusals_exit_2(env: dict[str, str]) -> None:

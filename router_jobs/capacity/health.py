@@ -180,7 +180,8 @@ class KeyHealth:
         for row in compiled:
             ms = row[0]
             prefix = f"{scope}{SEP}{ms}{SEP}"
-            lo = "[" + prefix + f"{max(0, now - ms - self.margin_ms + 1):015d}"
+            margin = min(self.margin_ms, max(5, ms // 40))  # as windowlib.lua's wmargin
+            lo = "[" + prefix + f"{max(0, now - ms - margin + 1):015d}"
             entries = self.client.zrangebylex(log, lo, "(" + prefix + "\xff")
             used = [0, 0, 0, 0]
             booked = [0, 0, 0, 0]

@@ -17,19 +17,26 @@ runs wherever someone gets there first: at submit (an idle pool admits at once),
 worker's consumer loop when the next room is due (the script answers that time), and right
 after each settle. The step is idempotent; a waiting job is delivered once, when admitted.
 
-A worker that receives an admitted job claims it (``lua/claim.lua``): the reservation is
-stamped again with the time the call really starts, if the key still has room then, so the
-gap between our stamp and the provider's arrival is the call's own set-up time and the margin
-on every window can be small (``ROUTER_POOL_MARGIN_MS``). A claim that finds no room (it came
-later than the window allowed, the key went into cooldown) puts the job back at the head of
-its class in line; nothing is charged twice.
+Admission looks ``lead_ms`` ahead (``ROUTER_POOL_LEAD_MS``): a job whose room exists within
+that time is admitted now, its reservation stamped with the moment the room exists, and the
+worker starts the call then, so delivery latency does not make every window start late.
 
-Interactive isolation: while interactive jobs have arrived within ``interactive_hold_ms``,
-batch admission sees every limit shrunk by a held share, so room for interactive work exists
-even while a batch saturates the pool; with no interactive demand the batch gets it all. The
-share adapts to recent demand: twice the interactive fraction of recent admissions (counts
-decayed with a half-life of a quarter of the hold), at least ``interactive_share_min`` and at
-most ``interactive_share`` (:meth:`Scheduler.held_share`).
+A worker that receives an admitted job claims it (``lua/claim.lua``): a claim before the
+stamp keeps it; a later one is stamped again with the moment the call can start, if the key
+has room within the lead. The moment the request leaves the worker, the entries are stamped
+once more (``providers/sentclock.py``, ``RedisKeyPool.sent``), so the gap between our stamp
+and the provider's arrival is the network's transit and the margin on every window can be
+small (``ROUTER_POOL_MARGIN_MS``, at most 1/40 of a window). A claim that finds no room (it
+came later than the window allowed, the key went into cooldown) puts the job back at the
+head of its class in line; nothing is charged twice.
+
+Interactive isolation: batch admission sees every limit of a key's long windows (over 1 s)
+shrunk by a held share, so room for interactive work exists even while a batch saturates the
+pool. The share adapts to demand: while interactive jobs have arrived within
+``interactive_hold_ms``, twice the interactive fraction of recent admissions (counts decayed
+with a half-life of a quarter of the hold), at least ``interactive_share_min`` and at most
+``interactive_share``; with no interactive job lately, ``interactive_share_min`` stays held
+as a standing reserve for the next one (:meth:`Scheduler.held_share`).
 """
 
 from __future__ import annotations
@@ -139,7 +146,7 @@ class Position:
 class Scheduler:
     """Wait lines and admission over one :class:`RedisKeyPool` (same Redis, same pool tag)."""
 
-    def __init__(self, pool: RedisKeyPool, *, interactive_share: float = 0.1, interactive_share_min: float = 0.05,
+    def __init__(self, pool: RedisKeyPool, *, interactive_share: float = 0.2, interactive_share_min: float = 0.02,
                  interactive_hold_ms: int = 120_000, max_admit: int = 256, lead_ms: int = 250,
                  fairness_weights: Mapping[str, float] | None = None) -> None:
         self.pool = pool
@@ -266,14 +273,15 @@ class Scheduler:
 
     def held_share(self) -> float:
         """The share of each key's limits batch admission leaves free for interactive work now:
-        0 when no interactive job arrived within the hold time, else what the recent admissions
-        call for (between ``interactive_share_min`` and ``interactive_share``)."""
+        ``interactive_share_min`` (a standing reserve) when no interactive job arrived within
+        the hold time, else what the recent admissions call for (between
+        ``interactive_share_min`` and ``interactive_share``)."""
         if self.interactive_share <= 0:
             return 0.0
         ia, di, da, dt = self.client.hmget(self._part("sched"), "ia", "di", "da", "dt")
         now = _server_ms(self.client)
         if ia is None or now - int(ia) >= self.interactive_hold_ms:
-            return 0.0
+            return self.interactive_share_min  # the standing reserve for the next interactive job
         # as admit.lua: counts decayed to now (half-life hold / 4); no history holds the most
         decay = 2.0 ** (-max(0, now - int(dt or now)) / max(1.0, self.interactive_hold_ms / 4))
         i, a = float(di or 0) * decay, float(da or 0) * decay

@@ -8,10 +8,12 @@
 --@include windowlib
 
 -- the limit of unit u as seen by a request class: `scale` (< 1 for batch work while part of
--- each key is held for interactive work) shrinks it, never below the request itself
+-- each key is held for interactive work) holds back a whole number of units, rounded down
+-- (a key of 2 per minute holds nothing for a 2 % share instead of half of itself), and never
+-- shrinks the limit below the request itself
 local function scaled(l, scale, wu)
   if scale >= 1 then return l end
-  local v = math.floor(l * scale)
+  local v = l - math.floor(l * (1 - scale) + 1e-6)
   if v < wu then v = wu end
   if v > l then v = l end
   return v
@@ -42,7 +44,7 @@ local function log_fit(prefix, ms, lim, s, w, scale)
       local ts, ew = parse_member(m, #prefix)
       for u = 1, 4 do
         if L[u] > 0 and acc[u] + ew[u] + w[u] > L[u] then
-          local e = ts + ms + margin
+          local e = ts + ms + wmargin(ms)
           if e > at then at = e end
           return at
         end

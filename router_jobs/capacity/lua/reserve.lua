@@ -65,7 +65,7 @@ local function log_fit(prefix, ms, lim, s, w)
       for u = 1, 4 do
         local l = lim[u + 1]
         if l > 0 and acc[u] + ew[u] + w[u] > l then
-          local e = ts + ms + margin
+          local e = ts + ms + wmargin(ms)
           if e > at then at = e end
           return at
         end

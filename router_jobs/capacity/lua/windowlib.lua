@@ -50,13 +50,19 @@ local function sweep()
   end
 end
 
--- drop entries that left the window (ts + ms + margin <= now); return the live sums
+-- the margin of a window of `ms`: the pool's margin, but at most 1/40 of the window (a 1 s
+-- window keeps 25 ms). Entries are stamped when the request left the worker, so the margin
+-- covers the network's transit and the reading of clocks; a fixed 100 ms would cost a
+-- per-second limit a tenth of the key.
+local function wmargin(ms) return math.min(margin, math.max(5, math.floor(ms / 40))) end
+
+-- drop entries that left the window (ts + ms + wmargin(ms) <= now); return the live sums
 local trimmed = {}
 local function trim(prefix, ms)
   local s = read_sums(prefix)
   if trimmed[prefix] then return s end
   trimmed[prefix] = true
-  local hi = '(' .. prefix .. pad(now - ms - margin + 1)
+  local hi = '(' .. prefix .. pad(now - ms - wmargin(ms) + 1)
   local changed = false
   while true do
     local old = redis.call('ZRANGEBYLEX', KEYS[4], '[' .. prefix, hi, 'LIMIT', 0, 100)
