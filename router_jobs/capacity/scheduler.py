@@ -35,8 +35,9 @@ shrunk by a held share, so room for interactive work exists even while a batch s
 pool. The share adapts to demand: while interactive jobs have arrived within
 ``interactive_hold_ms``, twice the interactive fraction of recent admissions (counts decayed
 with a half-life of a quarter of the hold), at least ``interactive_share_min`` and at most
-``interactive_share``; with no interactive job lately, ``interactive_share_min`` stays held
-as a standing reserve for the next one (:meth:`Scheduler.held_share`).
+``interactive_share``; with no interactive job lately (but some within 30 hold times),
+``interactive_share_min`` stays held as a standing reserve for the next one; a pool that
+serves no interactive work holds nothing (:meth:`Scheduler.held_share`).
 """
 
 from __future__ import annotations
@@ -273,14 +274,17 @@ class Scheduler:
 
     def held_share(self) -> float:
         """The share of each key's limits batch admission leaves free for interactive work now:
-        ``interactive_share_min`` (a standing reserve) when no interactive job arrived within
-        the hold time, else what the recent admissions call for (between
-        ``interactive_share_min`` and ``interactive_share``)."""
+        what the recent admissions call for (between ``interactive_share_min`` and
+        ``interactive_share``) while interactive jobs arrived within the hold time; else
+        ``interactive_share_min`` (a standing reserve) if one arrived within 30 hold times;
+        else 0."""
         if self.interactive_share <= 0:
             return 0.0
         ia, di, da, dt = self.client.hmget(self._part("sched"), "ia", "di", "da", "dt")
         now = _server_ms(self.client)
-        if ia is None or now - int(ia) >= self.interactive_hold_ms:
+        if ia is None or now - int(ia) >= 30 * self.interactive_hold_ms:
+            return 0.0  # no interactive work lately: nothing held
+        if now - int(ia) >= self.interactive_hold_ms:
             return self.interactive_share_min  # the standing reserve for the next interactive job
         # as admit.lua: counts decayed to now (half-life hold / 4); no history holds the most
         decay = 2.0 ** (-max(0, now - int(dt or now)) / max(1.0, self.interactive_hold_ms / 4))

@@ -153,9 +153,10 @@ local function held_of(i, a)
   return math.min(share, math.max(share_min, 2 * i / a))
 end
 local batch_scale = 1
-if share > 0 then
-  -- no interactive job lately: the least share stays held, so that the next one that comes
-  -- finds room at once instead of waiting for a batch's window to slide
+if share > 0 and ia > 0 and now - ia < 30 * hold then
+  -- no interactive job lately, but some within 30 holds: the least share stays held, so that
+  -- the next one finds room at once instead of waiting for a batch's window to slide; a
+  -- pool that serves no interactive work holds nothing
   batch_scale = 1 - ((now - ia < hold) and held_of(di, da) or share_min)
 end
 local admitted_ia = 0
