@@ -221,6 +221,19 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             deliveries += int(router.client.hget(router.schema.job(h.job_id), "deliveries") or 0)
         received = server.received()
         if os.environ.get("CAP_DEBUG"):
+            ok = sorted(r.arrived for r in received if r.status == 200)
+            if ok:
+                hist: dict[int, int] = {}
+                for a in ok:
+                    hist[int(a - ok[0])] = hist.get(int(a - ok[0]), 0) + 1
+                print("arrivals per second after the first:", [hist.get(i, 0) for i in range(max(hist) + 1)])
+                stamps = sorted(int(json.loads(v)["t"]) / 1000 for v in
+                                router.client.hvals(router.schema.pool_reservations("default")))
+                if stamps:
+                    sh: dict[int, int] = {}
+                    for t in stamps:
+                        sh[int(t - stamps[0])] = sh.get(int(t - stamps[0]), 0) + 1
+                    print("final stamps per second after the first:", [sh.get(i, 0) for i in range(max(sh) + 1)])
             for k in names:
                 times = sorted(r.arrived for r in received if r.key == k and r.status == 200)
                 gaps = sorted(round((b - a) * 1000) for a, b in zip(times, times[1:], strict=False))
