@@ -36,25 +36,37 @@ if rec.s == 'd' then return 0 end
 local function pad(ms) return string.format('%015d', ms) end
 local function wstr(w) return w[1] .. ',' .. w[2] .. ',' .. w[3] .. ',' .. w[4] end
 
+-- move each window entry of the record from rec.t to ts with weights neww (nil: drop it),
+-- keeping the running sums; an entry already trimmed is written again when ts is later
+local function restamp(ts, neww)
+  for _, prefix in ipairs(rec.p) do
+    local old = prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(rec.w)
+    local present = redis.call('ZREM', KEYS[2], old) == 1
+    if present or (neww and ts > rec.t) then
+      local s = {0, 0, 0, 0, 0}
+      local sraw = redis.call('HGET', KEYS[3], prefix)
+      if sraw then
+        local j = 1
+        for v in string.gmatch(sraw, '%S+') do s[j] = tonumber(v); j = j + 1 end
+      end
+      if present then for u = 1, 4 do s[u] = s[u] - rec.w[u] end end
+      if neww then
+        redis.call('ZADD', KEYS[2], 0, prefix .. pad(ts) .. SEP .. rid .. SEP .. wstr(neww))
+        for u = 1, 4 do s[u] = s[u] + neww[u] end
+        if ts > s[5] then s[5] = ts end
+      end
+      for u = 1, 4 do if s[u] < 0 then s[u] = 0 end end
+      redis.call('HSET', KEYS[3], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
+    end
+  end
+  rec.t = ts
+end
+
 -- 'sent': the request has just left the worker; its entries move to now (never earlier),
 -- while the call goes on: a short window's next admission then follows the real send
 if mode == 'sent' then
   if rec.s ~= 'g' or now <= rec.t then return 0 end
-  for _, prefix in ipairs(rec.p) do
-    local old = prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(rec.w)
-    local s = {0, 0, 0, 0, 0}
-    local sraw = redis.call('HGET', KEYS[3], prefix)
-    if sraw then
-      local j = 1
-      for v in string.gmatch(sraw, '%S+') do s[j] = tonumber(v); j = j + 1 end
-    end
-    -- an entry already trimmed (a send later than its window) is written again
-    if redis.call('ZREM', KEYS[2], old) == 0 then for u = 1, 4 do s[u] = s[u] + rec.w[u] end end
-    redis.call('ZADD', KEYS[2], 0, prefix .. pad(now) .. SEP .. rid .. SEP .. wstr(rec.w))
-    if now > s[5] then s[5] = now end
-    redis.call('HSET', KEYS[3], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
-  end
-  rec.t = now
+  restamp(now, rec.w)
   redis.call('HSET', KEYS[1], rid, cjson.encode(rec))
   return 1
 end
@@ -81,28 +93,7 @@ if rec.s == 'g' then
   if sent_ago >= 0 then left = now - sent_ago end
   if left > ts then ts = left end
 end
-for _, prefix in ipairs(rec.p) do
-  local old = prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(rec.w)
-  local present = redis.call('ZREM', KEYS[2], old) == 1
-  -- an entry already trimmed is written again when the request is restamped later
-  if present or (neww and ts > rec.t) then
-    local s = {0, 0, 0, 0, 0}
-    local sraw = redis.call('HGET', KEYS[3], prefix)
-    if sraw then
-      local j = 1
-      for v in string.gmatch(sraw, '%S+') do s[j] = tonumber(v); j = j + 1 end
-    end
-    if present then for u = 1, 4 do s[u] = s[u] - rec.w[u] end end
-    if neww then
-      redis.call('ZADD', KEYS[2], 0, prefix .. pad(ts) .. SEP .. rid .. SEP .. wstr(neww))
-      for u = 1, 4 do s[u] = s[u] + neww[u] end
-      if ts > s[5] then s[5] = ts end
-    end
-    for u = 1, 4 do if s[u] < 0 then s[u] = 0 end end
-    redis.call('HSET', KEYS[3], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
-  end
-end
-rec.t = ts
+restamp(ts, neww)
 
 if rec.lm and redis.call('ZREM', KEYS[4], rec.lm) == 1 then
   if redis.call('HINCRBY', KEYS[5], 'k:' .. rec.k, -1) < 0 then redis.call('HSET', KEYS[5], 'k:' .. rec.k, 0) end
