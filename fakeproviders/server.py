@@ -124,6 +124,11 @@ class FakeProviderServer:
 
     def start(self) -> str:
         """Start serving in a daemon thread; returns :attr:`base_url`."""
+        # load the token encoder now: loaded by the first request instead, it held the first
+        # requests' admission ~0.4 s (more on a busy machine), so the server's window ran that
+        # far behind their arrival, as no real provider's limiter does (and a pool sending at
+        # the window's real end drew a 429 one window later)
+        estimate_text_tokens("warm")
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = _Server((self._host, self._port), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name=f"fake-{self.provider}", daemon=True)
