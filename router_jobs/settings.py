@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -43,6 +43,7 @@ ENV_NAMES: dict[str, str] = {
     "ROUTER_INTERACTIVE_SHARE": "interactive_share",
     "ROUTER_INTERACTIVE_SHARE_MIN": "interactive_share_min",
     "ROUTER_INTERACTIVE_HOLD_S": "interactive_hold_s",
+    "ROUTER_INTERACTIVE_RESERVE": "interactive_reserve",
     "ROUTER_FAIRNESS_WEIGHTS": "fairness_weights",
     "ROUTER_WORKER_METRICS_PORT": "worker_metrics_port",
     "PROMETHEUS_MULTIPROC_DIR": "prometheus_multiproc_dir",
@@ -100,6 +101,9 @@ class Settings(BaseModel):
     interactive_share_min: float = Field(default=0.02, ge=0.0, le=0.9)
     #: seconds after the last interactive arrival that a share stays held
     interactive_hold_s: float = Field(default=120.0, ge=0.0)
+    #: when the least share stays held between interactive bursts: "auto" (within 30 hold times
+    #: of an interactive arrival), "always" (from the start: a pool that serves chat), "off"
+    interactive_reserve: Literal["auto", "always", "off"] = "auto"
     #: fairness key (user_id, tenant, batch id) -> weight of its share of batch admissions (default 1)
     fairness_weights: dict[str, float] = Field(default_factory=dict)
     worker_metrics_port: int | None = None

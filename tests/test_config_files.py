@@ -76,3 +76,11 @@ def test_bad_fairness_weights_name_the_setting_and_the_reason(raw: str, reason: 
         Settings.from_env({"ROUTER_FAIRNESS_WEIGHTS": raw})
     assert info.value.field == "fairness_weights"
     assert "ROUTER_FAIRNESS_WEIGHTS" in str(info.value) and reason in str(info.value)
+
+
+def test_the_interactive_reserve_setting_takes_three_values() -> None:
+    assert Settings.from_env({}).interactive_reserve == "auto"
+    assert Settings.from_env({"ROUTER_INTERACTIVE_RESERVE": "always"}).interactive_reserve == "always"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ROUTER_INTERACTIVE_RESERVE": "sometimes"})
+    assert "ROUTER_INTERACTIVE_RESERVE" in str(info.value) and "'always'" in str(info.value)

@@ -315,41 +315,52 @@ def _burst(s: Scheduler, model: str, queue: str, n: int, tag: str) -> int:
     return sum(1 for j in delivered(s.client, s.ks.ns, queue) if j.startswith(tag))
 
 
-def test_held_share_follows_recent_interactive_admissions(r: redis.Redis, namespace: str) -> None:
-    s = _models_pool(r, namespace, {"a": 100, "b": 100, "c": 100, "d": 100, "e": 1000},
-                     interactive_share=0.3, interactive_share_min=0.05, max_admit=1000,
+def test_held_share_follows_the_interactive_arrival_rate(r: redis.Redis, namespace: str) -> None:
+    rpm = {"a": 100, "b": 100, "c": 100, "d": 100, "e": 1000}
+    s = _models_pool(r, namespace, rpm, interactive_share=0.3, interactive_share_min=0.05, max_admit=2000,
                      interactive_hold_ms=3_600_000)  # counts decay over 15 min: none within the test
+    capacity = sum(rpm.values()) / 60  # requests per second of the whole pool
     # no interactive work ever: batch work gets every key's full limit
     assert s.held_share() == 0.0
     assert _burst(s, "a", "batch", 150, "a") == 100
-    # one interactive job among 101 admissions: the least is held (5 of 100, one of them used)
+    # one interactive arrival within the first second reads as 1/s: twice 1/s of the pool's
+    # 23.3/s is held (8 whole requests of b's 100; one of them used)
     assert _burst(s, "b", "interactive", 1, "ib") == 1
-    assert s.held_share() == pytest.approx(0.05)
-    assert _burst(s, "b", "batch", 150, "b") == 94
-    # a burst of 20: twice 21/215 is held, 19 whole requests (the limit 100 becomes 81 for
-    # batch work; 20 are used)
+    assert s.held_share() == pytest.approx(2 / capacity, rel=0.05)
+    assert _burst(s, "b", "batch", 150, "b") == 100 - 8 - 1
+    # a batch burst does not dilute it: the share follows interactive arrivals, not the
+    # fraction of admissions (a burst of 1,000 used to push it down to the least)
+    held = s.held_share()
+    assert _burst(s, "e", "batch", 1000, "e") == 1000 - int(1000 * held + 1e-6)
+    assert s.held_share() == pytest.approx(held, rel=0.05)
+    # twenty arrivals at once: past the ceiling, the most is held
     assert _burst(s, "c", "interactive", 20, "ic") == 20
-    assert s.held_share() == pytest.approx(2 * 21 / 215, rel=1e-3)
-    assert _burst(s, "c", "batch", 150, "c") == 61
-    # those 61 made the fraction smaller (2 x 21/276 held, 15 of 100): 4 more of c's batch fit at the next step
-    # (here together with a burst past the ceiling, which then holds the ceiling)
-    assert _burst(s, "d", "interactive", 60, "id") == 60
-    assert sum(1 for j in delivered(r, namespace, "batch") if j.startswith("c")) == 65
     assert s.held_share() == pytest.approx(0.3)
-    assert _burst(s, "d", "batch", 150, "d") == 10
-    # interactive demand stops, batch work goes on: the share falls back with the fraction
-    assert _burst(s, "e", "batch", 1000, "e") == 700
-    assert s.held_share() == pytest.approx(2 * 81 / 1049, rel=1e-3)
+    assert _burst(s, "c", "batch", 150, "c") == 100 - 30 - 20
 
 
 def test_held_share_ends_with_the_hold(r: redis.Redis, namespace: str) -> None:
     s = _models_pool(r, namespace, {"a": 100, "b": 100}, interactive_share=0.3, interactive_share_min=0.05,
                      interactive_hold_ms=1500)
     assert _burst(s, "a", "interactive", 30, "i") == 30
-    assert s.held_share() == pytest.approx(0.3)  # only interactive admissions: the most
+    assert s.held_share() == pytest.approx(0.3)  # 30 arrivals in a second: the most
     time.sleep(1.6)  # no interactive arrival for longer than the hold: back to the reserve
     assert s.held_share() == pytest.approx(0.05)
     assert _burst(s, "b", "batch", 150, "b") == 95
+
+
+@pytest.mark.parametrize(("reserve", "before", "after"), [("auto", 100, 95), ("always", 95, 95), ("off", 100, 100)])
+def test_the_standing_reserve_follows_its_setting(r: redis.Redis, namespace: str, reserve: str, before: int,
+                                                  after: int) -> None:
+    s = _models_pool(r, namespace, {"a": 100, "b": 100, "c": 100}, interactive_share=0.3,
+                     interactive_share_min=0.05, interactive_hold_ms=300, interactive_reserve=reserve)
+    # a pool that never saw interactive work: "always" holds the least from the start
+    assert _burst(s, "a", "batch", 150, "a") == before
+    assert _burst(s, "b", "interactive", 1, "i") == 1
+    time.sleep(0.4)  # past the hold: "auto" and "always" keep the least, "off" holds nothing
+    assert _burst(s, "c", "batch", 150, "c") == after
+    with pytest.raises(ValueError, match="auto, always or off"):
+        _models_pool(r, namespace, {"a": 1}, interactive_reserve="sometimes")
 
 
 def test_no_interactive_share_holds_nothing(r: redis.Redis, namespace: str) -> None:

@@ -54,6 +54,11 @@ from router_jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: The demo's pool serves chat beside its batch, as a deployment with a chat front end does:
+#: the least interactive share is held from the start, so the first chat turn finds room even
+#: though the batch filled every window before any chat arrived (ROUTER_INTERACTIVE_RESERVE).
+DEMO_RESERVE = "always"
+
 
 class Demo:
     """One demo run. ``run()`` returns the summary dict; ``show`` receives each live screen."""
@@ -92,14 +97,14 @@ class Demo:
 
     def _settings(self, url: str, keys_file: Path) -> Settings:
         return Settings(redis_url=url, keys_file=keys_file, state_dir=self.tmp / "state", namespace="demo",
-                        visibility_timeout_ms=6000)
+                        visibility_timeout_ms=6000, interactive_reserve=DEMO_RESERVE)
 
     def _start_workers(self, url: str, keys_file: Path, secret_env: dict[str, str]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("API_KEY_")}
         env.update(secret_env)
         env.update({"REDIS_URL": url, "ROUTER_NAMESPACE": "demo", "ROUTER_KEYS_FILE": str(keys_file),
                     "ROUTER_STATE_DIR": str(self.tmp / "state"), "SECRET_STORE_TYPE": "env",
-                    "ROUTER_VISIBILITY_TIMEOUT_MS": "6000",
+                    "ROUTER_VISIBILITY_TIMEOUT_MS": "6000", "ROUTER_INTERACTIVE_RESERVE": DEMO_RESERVE,
                     "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")})
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         argv = [sys.executable, "-m", "cli.main", "worker", "--processes", "1", "--threads", str(self.plan.threads)]

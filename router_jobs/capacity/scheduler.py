@@ -33,16 +33,20 @@ head of its class in line; nothing is charged twice.
 Interactive isolation: batch admission sees every limit of a key's long windows (over 1 s)
 shrunk by a held share, so room for interactive work exists even while a batch saturates the
 pool. The share adapts to demand: while interactive jobs have arrived within
-``interactive_hold_ms``, twice the interactive fraction of recent admissions (counts decayed
-with a half-life of a quarter of the hold), at least ``interactive_share_min`` and at most
-``interactive_share``; with no interactive job lately (but some within 30 hold times),
-``interactive_share_min`` stays held as a standing reserve for the next one; a pool that
-serves no interactive work holds nothing (:meth:`Scheduler.held_share`).
+``interactive_hold_ms``, twice their recent arrival rate (a count decayed with a half-life of
+a quarter of the hold, corrected for how young the burst is) over the pool's request capacity,
+at least ``interactive_share_min`` and at most ``interactive_share``. A batch burst does not
+dilute it. Between bursts ``interactive_share_min`` stays held as a standing reserve as
+``interactive_reserve`` says: ``auto`` within 30 hold times of an interactive arrival (a pool
+that serves no interactive work holds nothing, so a batch runs at the pool's full limit),
+``always`` from the start (the first chat turn beside a running batch finds room), ``off``
+never (:meth:`Scheduler.held_share`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,9 +54,11 @@ from typing import Any
 
 from router_jobs.backend.ops import Op, Steps, drive
 from router_jobs.backend.scripts import ScriptSet, lua
+from router_jobs.capacity.config import KeyConfig
 from router_jobs.capacity.pool import Grant
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.models import JobSpec
+from router_jobs.settings import Settings
 
 #: Fairness key used when a job names none.
 SHARED = "-"
@@ -148,8 +154,8 @@ class Scheduler:
     """Wait lines and admission over one :class:`RedisKeyPool` (same Redis, same pool tag)."""
 
     def __init__(self, pool: RedisKeyPool, *, interactive_share: float = 0.2, interactive_share_min: float = 0.02,
-                 interactive_hold_ms: int = 120_000, max_admit: int = 256, lead_ms: int = 250,
-                 fairness_weights: Mapping[str, float] | None = None) -> None:
+                 interactive_hold_ms: int = 120_000, interactive_reserve: str = "auto", max_admit: int = 256,
+                 lead_ms: int = 250, fairness_weights: Mapping[str, float] | None = None) -> None:
         self.pool = pool
         self.lead_ms = max(0, int(lead_ms))
         self.client = pool.client
@@ -159,8 +165,21 @@ class Scheduler:
         #: fairness key -> weight of its batch jobs (callers pass it to :meth:`Demand.for_spec`)
         self.fairness_weights: dict[str, float] = dict(fairness_weights or {})
         self.interactive_hold_ms = int(interactive_hold_ms)
+        if interactive_reserve not in ("auto", "always", "off"):
+            raise ValueError(f"interactive_reserve must be auto, always or off, not {interactive_reserve!r}")
+        self.interactive_reserve = interactive_reserve
         self.max_admit = max(1, int(max_admit))
         self.scripts = SchedulerScripts(pool.client)
+
+    @classmethod
+    def from_settings(cls, pool: RedisKeyPool, settings: Settings) -> Scheduler:
+        """The scheduler as configured by the environment (``ROUTER_INTERACTIVE_*``,
+        ``ROUTER_POOL_LEAD_MS``, ``ROUTER_FAIRNESS_WEIGHTS``)."""
+        return cls(pool, interactive_share=settings.interactive_share,
+                   interactive_share_min=settings.interactive_share_min,
+                   interactive_hold_ms=int(settings.interactive_hold_s * 1000),
+                   interactive_reserve=settings.interactive_reserve, lead_ms=settings.pool_lead_ms,
+                   fairness_weights=settings.fairness_weights)
 
     # -- key names ---------------------------------------------------------------------------
     def _part(self, part: str) -> str:
@@ -201,7 +220,8 @@ class Scheduler:
         for m in models:
             keys += [self.ks.pool_free(self.pool.pool, m), self.line_key(m)]
         args: list[Any] = [op, *self._ms(), self.interactive_share, self.interactive_hold_ms, self.max_admit,
-                           self.lead_ms, self.interactive_share_min, len(models), *models, *payload]
+                           self.lead_ms, self.interactive_share_min, self.interactive_reserve,
+                           _capacity(registry.keys.values()), len(models), *models, *payload]
         out = yield Op(lambda c: SchedulerScripts.on(c).admit(keys=keys, args=args),
                        lambda r: Admission(int(r[0]), int(r[1]), int(r[2])))
         return out
@@ -273,25 +293,30 @@ class Scheduler:
         return Position(model=model, place=place, eta=eta)
 
     def held_share(self) -> float:
-        """The share of each key's limits batch admission leaves free for interactive work now:
-        what the recent admissions call for (between ``interactive_share_min`` and
-        ``interactive_share``) while interactive jobs arrived within the hold time; else
-        ``interactive_share_min`` (a standing reserve) if one arrived within 30 hold times;
-        else 0."""
+        """The share of each key's limits batch admission leaves free for interactive work now
+        (as ``admit.lua`` computes it): while interactive jobs arrived within the hold time,
+        twice their recent arrival rate over the pool's request capacity, between
+        ``interactive_share_min`` and ``interactive_share``; else the standing reserve
+        ``interactive_share_min`` if ``interactive_reserve`` keeps it (``always``; ``auto``:
+        within 30 hold times of an interactive arrival); else 0."""
         if self.interactive_share <= 0:
             return 0.0
-        ia, di, da, dt = self.client.hmget(self._part("sched"), "ia", "di", "da", "dt")
+        ia, start, di, dt = self.client.hmget(self._part("sched"), "ia", "is", "di", "dt")
         now = _server_ms(self.client)
-        if ia is None or now - int(ia) >= 30 * self.interactive_hold_ms:
-            return 0.0  # no interactive work lately: nothing held
-        if now - int(ia) >= self.interactive_hold_ms:
+        hold = self.interactive_hold_ms
+        if ia is not None and now - int(ia) < hold:
+            capacity = _capacity(self.pool.registry.current().keys.values())
+            if capacity <= 0:
+                return self.interactive_share
+            half = max(1.0, hold / 4)
+            count = float(di or 0) * 2.0 ** (-max(0, now - int(dt or now)) / half)
+            span = max(1000, now - int(start or now))
+            rate = count / (half / 1000 / math.log(2) * (1 - 2.0 ** (-span / half)))
+            return min(self.interactive_share, max(self.interactive_share_min, 2 * rate / capacity))
+        recent = ia is not None and now - int(ia) < 30 * hold
+        if self.interactive_reserve == "always" or (self.interactive_reserve == "auto" and recent):
             return self.interactive_share_min  # the standing reserve for the next interactive job
-        # as admit.lua: counts decayed to now (half-life hold / 4); no history holds the most
-        decay = 2.0 ** (-max(0, now - int(dt or now)) / max(1.0, self.interactive_hold_ms / 4))
-        i, a = float(di or 0) * decay, float(da or 0) * decay
-        if a <= 0:
-            return self.interactive_share
-        return min(self.interactive_share, max(self.interactive_share_min, 2 * i / a))
+        return 0.0
 
     def admission_rate(self, model: str) -> float:
         """Requests per second the active keys serving ``model`` admit in the long run."""
@@ -337,6 +362,15 @@ class AdmissionTimer:
         if out.next_ms < 0:
             return self.recheck
         return min(max(out.next_ms / 1000, 0.002), self.recheck)
+
+
+def _capacity(keys: Iterable[KeyConfig]) -> float:
+    """Requests per second the pool's active keys admit in the long run (0: none limits requests)."""
+    total = 0.0
+    for cfg in keys:
+        rates = [w.limit / w.seconds for w in cfg.all_windows() if w.unit == "requests"] if cfg.active else []
+        total += min(rates) if rates else 0.0
+    return total
 
 
 def fairness_key(spec: JobSpec) -> str:

@@ -170,11 +170,7 @@ class Router:
             redis_call("reading the key registry", lambda: self.pool.registry.current(force=True),
                        budget=redis_budget)
         self._file_models: tuple[float, dict[str, set[str]]] | None = None
-        self.scheduler = Scheduler(self.pool, interactive_share=settings.interactive_share,
-                                   interactive_share_min=settings.interactive_share_min,
-                                   interactive_hold_ms=int(settings.interactive_hold_s * 1000),
-                                   lead_ms=settings.pool_lead_ms,
-                                   fairness_weights=settings.fairness_weights)
+        self.scheduler = Scheduler.from_settings(self.pool, settings)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:

@@ -67,11 +67,7 @@ def build_executor() -> Executor:
     if check.outcome == "differs":
         logging.getLogger("router_jobs.worker").warning(check.message())
     costs = _PoolCosts(pool)
-    scheduler = Scheduler(pool, interactive_share=settings.interactive_share,
-                          interactive_share_min=settings.interactive_share_min,
-                          interactive_hold_ms=int(settings.interactive_hold_s * 1000),
-                          lead_ms=settings.pool_lead_ms,
-                          fairness_weights=settings.fairness_weights)
+    scheduler = Scheduler.from_settings(pool, settings)
     broker.admission = AdmissionTimer(scheduler)  # consumers admit waiting jobs when room is due
     secrets = build_secret_store(settings)
     # secrets read by this process are redacted from every log record it writes

@@ -9,7 +9,8 @@
 -- KEYS[12] fair    hash  fairness key -> last virtual finish tag; '\31V' -> virtual clock
 -- KEYS[13] grants  hash  job id -> reservation id of its admission ('!'..reason: refused)
 -- KEYS[14] meta    hash  'due' next admission ms, 'seq', 'ia' last interactive arrival ms,
---                        'di'/'da' decayed counts of interactive / all admissions as of 'dt' ms
+--                        'is' when interactive arrivals began (after a pause of 30 holds),
+--                        'di' decayed count of interactive arrivals as of 'dt' ms
 -- KEYS[15] stream of the 'interactive' queue     KEYS[16] stream of the 'batch' queue
 -- KEYS[17..] per pool model, in ARGV order: free zset, line zset (lex members
 --            "<class>\31<tag 15 digits>\31<seq 12 digits>\31<job id>")
@@ -21,8 +22,11 @@
 -- ARGV[9] lead ms: a job may be admitted this long before its room exists; its reservation is
 --         stamped at that future moment and the worker starts the call then (see claim.lua)
 -- ARGV[10] least of each key held while interactive jobs arrive (the share adapts in between)
--- ARGV[11] number of models M   ARGV[12..11+M] models
--- ARGV[12+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids;
+-- ARGV[11] standing reserve: 'auto' (the least stays held within 30 holds of an interactive
+--          arrival), 'always' (held from the start), 'off' (held only within a hold)
+-- ARGV[12] the pool's request capacity per second (0: unknown; then the most is held)
+-- ARGV[13] number of models M   ARGV[14..13+M] models
+-- ARGV[14+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids;
 --              settled: job ids whose reservation was settled (their grant is forgotten)
 -- Returns {admitted, ms until the next admission may succeed (-1: lines empty), jobs in line}.
 
@@ -33,14 +37,15 @@ local margin, grace, keep, cpoll = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumbe
 local share, hold, most = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local lead = tonumber(ARGV[9])
 local share_min = tonumber(ARGV[10])
-local M = tonumber(ARGV[11])
+local reserve, capacity = ARGV[11], tonumber(ARGV[12])
+local M = tonumber(ARGV[13])
 
 --@include poollib
 
 local lane_of = {}
 local lanes = {}
 for i = 1, M do
-  local model = ARGV[11 + i]
+  local model = ARGV[13 + i]
   lanes[i] = {model = model, free = KEYS[16 + 2 * i - 1], line = KEYS[16 + 2 * i]}
   lane_of[model] = lanes[i]
 end
@@ -55,6 +60,22 @@ local function job_of(mem) return string.match(mem, '([^\31]+)$') end
 
 sweep()
 
+-- Interactive demand: a decayed count of interactive arrivals (half-life hold / 4) since its
+-- episode began ('is': the first arrival after none for 30 holds); a job put back at the head
+-- of the line (after a 429, a late claim) is not a new arrival.
+local HL = math.max(1, hold / 4)
+local function note_interactive(arrival)
+  local f = redis.call('HMGET', KEYS[14], 'ia', 'di', 'dt')
+  local last = tonumber(f[1] or '0')
+  if last == 0 or now - last >= 30 * hold then
+    redis.call('HSET', KEYS[14], 'is', now, 'di', arrival and 1 or 0, 'dt', now)
+  elseif arrival then
+    local dec = 2 ^ (-math.max(0, now - tonumber(f[3] or now)) / HL)
+    redis.call('HSET', KEYS[14], 'di', tonumber(f[2] or '0') * dec + 1, 'dt', now)
+  end
+  redis.call('HSET', KEYS[14], 'ia', now)
+end
+
 -- ---------------------------------------------------------------- enqueue / remove
 -- a grant whose reservation is settled (or gone) is forgotten
 local function forget_settled(id)
@@ -65,11 +86,11 @@ local function forget_settled(id)
 end
 
 if op == 'settled' then
-  for i = 12 + M, #ARGV do forget_settled(ARGV[i]) end
+  for i = 14 + M, #ARGV do forget_settled(ARGV[i]) end
   op = 'force'
 elseif op == 'enqueue' then
-  local head = ARGV[12 + M] == '1'
-  for i = 13 + M, #ARGV do
+  local head = ARGV[14 + M] == '1'
+  for i = 15 + M, #ARGV do
     local d = cjson.decode(ARGV[i])
     forget_settled(d.id)
     local ln = lane_of[d.l]
@@ -80,7 +101,7 @@ elseif op == 'enqueue' then
     elseif ln and redis.call('HEXISTS', KEYS[11], d.id) == 0 and redis.call('HEXISTS', KEYS[13], d.id) == 0 then
       local tag
       if d.c == 0 then
-        redis.call('HSET', KEYS[14], 'ia', now)
+        note_interactive(not head)
         tag = head and 0 or now
       else
         local V = tonumber(redis.call('HGET', KEYS[12], SEP .. 'V') or '0')
@@ -103,7 +124,7 @@ elseif op == 'enqueue' then
   end
   op = 'force'
 elseif op == 'remove' then
-  for i = 12 + M, #ARGV do
+  for i = 14 + M, #ARGV do
     local id = ARGV[i]
     local raw = redis.call('HGET', KEYS[11], id)
     if raw then
@@ -139,27 +160,31 @@ if op == 'admit' then
   if due > now then return {0, due - now, -1} end
 end
 
--- Interactive isolation, adaptive: decayed counts of recent admissions, interactive (di) and
--- all (da), half-life hold / 4 (history older than the hold weighs 1/16). While an interactive
--- job arrived within `hold`, batch work sees every limit shrunk by the held share
--- clamp(2 x di / da, share_min, share); no history: the most, share. Scheduler.held_share
--- computes the same from the same fields.
+-- Interactive isolation, adaptive: while an interactive job arrived within `hold`, batch work
+-- sees every limit shrunk by the held share clamp(2 x r / C, share_min, share), r the recent
+-- interactive arrival rate (the decayed count over its expected value for a steady rate of
+-- 1/s over the episode so far, so a young episode is not underestimated), C the pool's
+-- request capacity per second. Between bursts the standing reserve (share_min) stays held as
+-- `reserve` says. Scheduler.held_share computes the same from the same fields.
 local ia = tonumber(redis.call('HGET', KEYS[14], 'ia') or '0')
-local cnt = redis.call('HMGET', KEYS[14], 'di', 'da', 'dt')
-local decay = 2 ^ (-math.max(0, now - tonumber(cnt[3] or now)) / math.max(1, hold / 4))
-local di, da = tonumber(cnt[1] or '0') * decay, tonumber(cnt[2] or '0') * decay
-local function held_of(i, a)
-  if a <= 0 then return share end
-  return math.min(share, math.max(share_min, 2 * i / a))
+local function held_now()
+  if capacity <= 0 then return share end
+  local f = redis.call('HMGET', KEYS[14], 'is', 'di', 'dt')
+  local di = tonumber(f[2] or '0') * 2 ^ (-math.max(0, now - tonumber(f[3] or now)) / HL)
+  local span = math.max(1000, now - tonumber(f[1] or now))
+  local rate = di / ((HL / 1000) / math.log(2) * (1 - 2 ^ (-span / HL)))
+  return math.min(share, math.max(share_min, 2 * rate / capacity))
 end
 local batch_scale = 1
-if share > 0 and ia > 0 and now - ia < 30 * hold then
-  -- no interactive job lately, but some within 30 holds: the least share stays held, so that
-  -- the next one finds room at once instead of waiting for a batch's window to slide; a
-  -- pool that serves no interactive work holds nothing
-  batch_scale = 1 - ((now - ia < hold) and held_of(di, da) or share_min)
+if share > 0 then
+  if ia > 0 and now - ia < hold then
+    batch_scale = 1 - held_now()
+  elseif reserve == 'always' or (reserve == 'auto' and ia > 0 and now - ia < 30 * hold) then
+    -- no interactive job lately: the least stays held, so that the next one finds room at once
+    -- instead of waiting for a batch's window to slide
+    batch_scale = 1 - share_min
+  end
 end
-local admitted_ia = 0
 
 local SCAN = 64
 local CHOICE = 4
@@ -315,7 +340,6 @@ for class = 0, 1 do
             local kind, at = try_admit(d, ln)
             if kind == 'g' then
               admitted = admitted + 1
-              if class == 0 then admitted_ia = admitted_ia + 1 end
               if admitted >= most then cut = true; next_at = now end
             elseif kind == 'w' then
               blocked[class .. sig] = true
@@ -329,11 +353,6 @@ for class = 0, 1 do
       cursor = '(' .. batch[#batch]
     end
   end
-end
-
-if admitted > 0 then
-  di, da = di + admitted_ia, da + admitted
-  redis.call('HSET', KEYS[14], 'di', di, 'da', da, 'dt', now)
 end
 
 local n = line_len()
