@@ -270,7 +270,8 @@ AIM = 1.03  # the issue's aim for wall time over the bound
 def run_worker_matrix(url: str, *, modes: list[str], rates: list[int], overs: list[float], window_s: float,
                       keys: int = 4, processes: int = 2, threads: int = 32, latency: float = 0.1,
                       interactive_every: float = 0.0, ceiling: float | None = None,
-                      json_path: str | None = None) -> list[dict[str, Any]]:
+                      json_path: str | None = None, reserve: str | None = None,
+                      interactive_cold: bool = False, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One batch per (mode, rate per minute, oversubscription) through real worker processes
     against fake providers enforcing ``mode``. Windows are ``window_s`` long and hold
     rate x window_s / 60 requests (so a 10 s window keeps each rate per minute).
@@ -287,9 +288,12 @@ def run_worker_matrix(url: str, *, modes: list[str], rates: list[int], overs: li
                 limit = max(1, round(rate * window_s / 60))
                 jobs = int(over * keys * limit)
                 run = run_batch(url, keys=keys, limit=limit, window_s=window_s, jobs=jobs, processes=processes,
-                                threads=threads, latency=latency, mode=mode, interactive_every=interactive_every)
+                                threads=threads, latency=latency, mode=mode, interactive_every=interactive_every,
+                                interactive_cold=interactive_cold,
+                                extra_env={**(env or {}), **({"ROUTER_INTERACTIVE_RESERVE": reserve} if reserve else {})})
                 row = {**run.as_dict(), "rate_per_min": rate, "over": over, "processes": processes,
-                       "threads": threads, "interactive_every_s": interactive_every or None}
+                       "threads": threads, "interactive_every_s": interactive_every or None,
+                       "interactive_cold": interactive_cold, "reserve": reserve or "auto", "env": env or {}}
                 row.update(bound_columns(row, ceiling))
                 rows.append(row)
                 print_matrix_row(row, flush=True)
@@ -406,6 +410,12 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.1, help="provider latency, seconds")
     ap.add_argument("--interactive-every", type=float, default=0.0,
                     help="submit one interactive job this often during each batch (0: none)")
+    ap.add_argument("--cold", action="store_true",
+                    help="interactive jobs start with the batch (the pool has seen none before it)")
+    ap.add_argument("--reserve", choices=["auto", "always", "off"],
+                    help="ROUTER_INTERACTIVE_RESERVE for the workers and the producer (default: auto)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for the workers and the producer (repeatable), e.g. ROUTER_INTERACTIVE_SHARE_MIN=0.1")
     ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                     help="first measure the workers' own ceiling R (default; --no-calibrate skips it and the "
                          "achievable bound)")
@@ -440,7 +450,9 @@ def main() -> None:
                                      overs=[float(o) for o in ns.over.split(",")], window_s=ns.window,
                                      keys=ns.keys, processes=ns.processes, threads=ns.threads,
                                      latency=ns.latency, interactive_every=ns.interactive_every,
-                                     ceiling=ceiling, json_path=ns.json)
+                                     ceiling=ceiling, json_path=ns.json, reserve=ns.reserve,
+                                     interactive_cold=ns.cold,
+                                     env=dict(e.split("=", 1) for e in ns.env))
             print_summary(summarize(rows))
     finally:
         client.close()

@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -159,12 +160,14 @@ def _whole_second(t: float) -> int:
 def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float = 60.0, jobs: int = 480,
               processes: int = 2, threads: int = 8, latency: float = 0.0,
               extra_env: dict[str, str] | None = None, mode: str = "rolling", burst: int = 0,
-              interactive_every: float = 0.0, margin_ms: int | None = None,
+              interactive_every: float = 0.0, interactive_cold: bool = False, margin_ms: int | None = None,
               declared_limit: int | None = None, declared_window_s: float | None = None) -> CapacityRun:
     """Submit ``jobs`` batch jobs at once over ``keys`` OpenAI keys, each allowed ``limit``
     requests per ``window_s`` by the fake server in enforcement ``mode`` (the keys file names
     the same mode), and let the workers drain them. With ``interactive_every`` > 0, one
-    interactive job is submitted that often while the batch runs (its latency is measured).
+    interactive job is submitted that often while the batch runs (its latency is measured): from
+    a few seconds before the batch (as beside a live chat service), or with ``interactive_cold``
+    from the moment the batch was submitted (a pool that has seen no interactive work yet).
     ``declared_limit``/``declared_window_s`` make the keys file claim another limit than the
     provider enforces (to provoke 429s)."""
     ns = f"cap{uuid.uuid4().hex[:8]}"
@@ -195,7 +198,7 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             # of a running system has long read it: measure that.
             router.pool.registry.current(force=True)
             probe = None
-            if interactive_every > 0:
+            if interactive_every > 0 and not interactive_cold:
                 # interactive traffic is already running when the batch comes (as beside a live
                 # chat service); only the waits of jobs submitted once the batch came count
                 probe = _InteractiveProbe(router, interactive_every)
@@ -204,6 +207,9 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             started = time.monotonic()
             handles = [router.submit(f"job {i}", model="gpt-4o-mini", priority="batch", max_output_tokens=16)
                        for i in range(jobs)]
+            if interactive_every > 0 and interactive_cold:
+                probe = _InteractiveProbe(router, interactive_every)
+                probe.mark()
             results = list(router.as_completed(handles, timeout=max(120.0, 4 * jobs / (keys * limit) * window_s)))
             wall = time.monotonic() - started
             waits = probe.stop() if probe is not None else []
@@ -234,6 +240,7 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
                     for t in stamps:
                         sh[int(t - stamps[0])] = sh.get(int(t - stamps[0]), 0) + 1
                     print("final stamps per second after the first:", [sh.get(i, 0) for i in range(max(sh) + 1)])
+            _limit_report(router, handles, received, window_s)
             for k in names:
                 times = sorted(r.arrived for r in received if r.key == k and r.status == 200)
                 gaps = sorted(round((b - a) * 1000) for a, b in zip(times, times[1:], strict=False))
@@ -305,26 +312,42 @@ class _InteractiveProbe:
         return list(self.times)
 
 
-def _gap_report(router: Router, handles: list, received: list) -> None:  # type: ignore[type-arg]
-    """Debug: spread of (provider arrival - our stamp) per request, from reservation records."""
+def _limit_report(router: Router, handles: list, received: list, window_s: float) -> None:  # type: ignore[type-arg]
+    """Debug: for each 429, how far the request that drew it and the oldest request the server
+    still counted were from our stamps (arrival - stamp, less the median over all requests):
+    which side of the window ran off our clock, and by how much."""
     by_prompt = {}
     for h in handles:
         spec = json.loads(router.client.hget(router.schema.job(h.job_id), "spec"))
         by_prompt[spec["prompt"]] = h.job_id
-    res = router.client.hgetall(router.schema.pool_reservations("default"))
-    stamps: dict[str, list[int]] = {}
-    for rid, raw in res.items():
-        rec = json.loads(raw)
-        stamps.setdefault(rid.decode().split(":")[0], []).append(int(rec["t"]))
-    gaps = []
-    for r in received:
-        jid = by_prompt.get(r.prompt)
-        if jid and jid in stamps:
-            gaps.append((r.arrived * 1000 - min(stamps[jid]), r.status))
-    if not gaps:
+    stamps: dict[str, list[float]] = {}
+    for rid, raw in router.client.hgetall(router.schema.pool_reservations("default")).items():
+        stamps.setdefault(rid.decode().split(":")[0], []).append(int(json.loads(raw)["t"]) / 1000)
+
+    # the server's clock (monotonic) and ours (Redis TIME) differ by a constant: the median of
+    # arrival - stamp over requests with one reservation
+    single = sorted(r.arrived - got[0] for r in received if r.status == 200
+                    for got in [stamps.get(by_prompt.get(r.prompt, ""), [])] if len(got) == 1)
+    if not single:
         return
-    base = min(g for g, _ in gaps)
-    ok = sorted(g - base for g, st in gaps if st == 200)
-    bad = sorted(g - base for g, st in gaps if st != 200)
-    print("gap ms (arrival - stamp, min=0): p50", round(ok[len(ok) // 2]), "p95", round(ok[int(len(ok) * .95)]),
-          "max", round(ok[-1]), "| 429s:", [round(b) for b in bad][:20])
+    base = single[len(single) // 2]
+
+    def off(r: Any) -> float | None:
+        got = stamps.get(by_prompt.get(r.prompt, ""), [])
+        return min((r.arrived - t - base for t in got), key=abs) if got else None
+
+    offs = sorted(o for o in (off(r) for r in received if r.status == 200) if o is not None)
+    base = 0.0
+    print(f"arrival - stamp (s, less the median): p1 {offs[len(offs) // 100] - base:+.3f} "
+          f"p99 {offs[99 * len(offs) // 100] - base:+.3f} max {offs[-1] - base:+.3f}")
+    for r in [r for r in received if r.status == 429][:10]:
+        counted = sorted((x for x in received if x.key == r.key and x.status == 200
+                          and r.arrived - window_s < x.arrived <= r.arrived), key=lambda x: x.arrived)
+        if not counted:
+            continue
+        o_new, o_old = off(r), off(counted[0])
+        first = min(x.arrived for x in received)
+        print(f"429 on {r.key} at {r.arrived - first:.3f} s: server counted {len(counted)}, the oldest "
+              f"{r.arrived - counted[0].arrived:.3f} s before; arrival - stamp: new "
+              f"{'?' if o_new is None else f'{o_new - base:+.3f}'}, oldest "
+              f"{'?' if o_old is None else f'{o_old - base:+.3f}'}")

@@ -368,3 +368,24 @@ def test_no_interactive_share_holds_nothing(r: redis.Redis, namespace: str) -> N
     assert _burst(s, "a", "interactive", 30, "i") == 30
     assert s.held_share() == 0.0
     assert _burst(s, "b", "batch", 150, "b") == 100
+
+
+def test_a_settle_walks_the_lines_only_when_it_may_have_freed_room(r: redis.Redis, namespace: str) -> None:
+    # request-count windows only: settling keeps the request counted; the step waits until due
+    s = make(r, namespace, rpm=1)
+    s.enqueue([demand("a"), demand("b")])
+    g = s.claim("a")
+    assert isinstance(g, Grant)
+    s.pool.settle(g, None)
+    out = s.settled(["a"])
+    assert out.waiting == -1 and out.next_ms > 50_000  # not due: the lines were not walked
+    assert s.claim("a") is None  # the grant is forgotten all the same
+    # a concurrency limit: the settle released the lease, the next job is admitted at once
+    c = make(r, namespace + "-c", rpm=1000, extra={"max_concurrency": 1})
+    c.enqueue([demand("x"), demand("y")])
+    assert delivered(r, namespace + "-c", "batch") == ["x"]
+    gx = c.claim("x")
+    assert isinstance(gx, Grant)
+    c.pool.settle(gx, None)
+    assert c.settled(["x"]).admitted == 1
+    assert delivered(r, namespace + "-c", "batch") == ["x", "y"]

@@ -78,16 +78,43 @@ end
 
 -- ---------------------------------------------------------------- enqueue / remove
 -- a grant whose reservation is settled (or gone) is forgotten
+-- (returns its record, or true when the record is gone)
 local function forget_settled(id)
   local rid = redis.call('HGET', KEYS[13], id)
-  if not rid or string.sub(rid, 1, 1) == '!' then return end
+  if not rid or string.sub(rid, 1, 1) == '!' then return nil end
   local raw = redis.call('HGET', KEYS[6], rid)
-  if not raw or cjson.decode(raw).s == 'd' then redis.call('HDEL', KEYS[13], id) end
+  local rec = raw and cjson.decode(raw)
+  if not rec or rec.s == 'd' then
+    redis.call('HDEL', KEYS[13], id)
+    return rec or true
+  end
+  return nil
+end
+
+-- can a settled reservation have freed room before the time the last step found? A released
+-- concurrency lease or refunded tokens can; a request-count window keeps the request counted
+local function frees_early(rec)
+  if rec == true then return true end
+  local raw = redis.call('HGET', KEYS[1], rec.k)
+  if not raw then return false end
+  for _, sc in ipairs(scopes(rec.k, cjson.decode(raw))) do
+    if sc[3] and sc[3] > 0 then return true end
+    for _, lim in ipairs(sc[2]) do
+      if lim[3] > 0 or lim[4] > 0 or lim[5] > 0 then return true end
+    end
+  end
+  return false
 end
 
 if op == 'settled' then
-  for i = 14 + M, #ARGV do forget_settled(ARGV[i]) end
-  op = 'force'
+  -- a full admission step only when the settle may have freed room early; otherwise the
+  -- step runs when due (a step per settled call walked the lines hundreds of times a second)
+  local early = false
+  for i = 14 + M, #ARGV do
+    local rec = forget_settled(ARGV[i])
+    if rec and not early then early = frees_early(rec) end
+  end
+  op = early and 'force' or 'admit'
 elseif op == 'enqueue' then
   local head = ARGV[14 + M] == '1'
   for i = 15 + M, #ARGV do
@@ -222,15 +249,20 @@ local function choose(d, ln, W, scale, excluded)
         redis.call('ZREM', ln.free, kid)
       else
         local spec = cjson.decode(raw)
-        local at, why, head = key_fit(kid, spec, W, scale)
+        local at, why, head, busy = key_fit(kid, spec, W, scale)
         if at < 0 then
           reasons[#reasons + 1] = kid .. ': ' .. why
         else
           could = true
-          if at <= horizon then
+          -- a key whose concurrency slots are all taken is not admitted ahead: no one knows
+          -- when a call ends
+          if at <= horizon and not busy then
             grantable[#grantable + 1] = {kid = kid, spec = spec, head = head, at = math.max(at, now)}
-          elseif best_at == nil or at < best_at then
-            best_at = at
+          else
+            -- (a busy key is looked at again at `at`, not `lead` before it: a settle that
+            -- releases a slot runs a step at once anyway)
+            if busy then at = at + lead end
+            if best_at == nil or at < best_at then best_at = at end
           end
         end
         if not (at >= 0 and at <= now) then rescore(kid, spec, ln.free, false) end

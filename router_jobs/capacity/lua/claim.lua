@@ -70,8 +70,8 @@ if rec.t >= now then
 end
 remove_entries(rec, rid)
 drop_lease(rec)
-local at = key_fit(rec.k, spec, rec.w, 1)
-if at < 0 or at > now + lead then return lost(rec, 'key ' .. rec.k .. ' has no room at call time') end
+local at, _, _, busy = key_fit(rec.k, spec, rec.w, 1)
+if at < 0 or busy or at > now + lead then return lost(rec, 'key ' .. rec.k .. ' has no room at call time') end
 rec.p = append(rec.k, spec, at, rid, rec.w)
 rec.t = at
 take_lease(rec.k, spec, rec, rid)

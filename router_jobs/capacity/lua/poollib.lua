@@ -97,17 +97,20 @@ local function scopes(kid, spec)
   return out
 end
 
--- exact earliest time this key can take w: at (>= now) and headroom, or -1 and a reason
+-- exact earliest time this key can take w: at (>= now), why, headroom, and busy (every
+-- concurrency slot is taken: `at` is only when to look again, not a moment room exists); or
+-- -1 and a reason
 local function key_fit(kid, spec, w, scale)
   local at, why = available_from(kid, spec)
-  if at == nil then return -1, why, 0 end
+  if at == nil then return -1, why, 0, false end
   local head = 1e18
+  local busy = false
   for _, sc in ipairs(scopes(kid, spec)) do
     for _, lim in ipairs(sc[2]) do
       local prefix = sc[1] .. SEP .. lim[1] .. SEP
       local s = trim(prefix, lim[1])
       local f = log_fit(prefix, lim[1], lim, s, w, scale)
-      if f < 0 then return -1, 'request larger than a limit of ' .. sc[1], 0 end
+      if f < 0 then return -1, 'request larger than a limit of ' .. sc[1], 0, false end
       if f > at then at = f end
       for u = 1, 4 do
         local l = lim[u + 1]
@@ -119,10 +122,13 @@ local function key_fit(kid, spec, w, scale)
     end
     if sc[3] and sc[3] > 0 then
       local n = tonumber(redis.call('HGET', KEYS[9], sc[4]) or '0')
-      if n >= sc[3] and at < now + cpoll then at = now + cpoll end
+      if n >= sc[3] then
+        busy = true
+        if at < now + cpoll then at = now + cpoll end
+      end
     end
   end
-  return at, why, head
+  return at, why, head, busy
 end
 
 -- keep a model's free index true for this key (earliest time it may take one request)
