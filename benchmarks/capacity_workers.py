@@ -337,9 +337,8 @@ def _limit_report(router: Router, handles: list, received: list, window_s: float
         return min((r.arrived - t - base for t in got), key=abs) if got else None
 
     offs = sorted(o for o in (off(r) for r in received if r.status == 200) if o is not None)
-    base = 0.0
-    print(f"arrival - stamp (s, less the median): p1 {offs[len(offs) // 100] - base:+.3f} "
-          f"p99 {offs[99 * len(offs) // 100] - base:+.3f} max {offs[-1] - base:+.3f}")
+    print(f"arrival - stamp (s, less the median): p1 {offs[len(offs) // 100]:+.3f} "
+          f"p99 {offs[99 * len(offs) // 100]:+.3f} max {offs[-1]:+.3f}")
     for r in [r for r in received if r.status == 429][:10]:
         counted = sorted((x for x in received if x.key == r.key and x.status == 200
                           and r.arrived - window_s < x.arrived <= r.arrived), key=lambda x: x.arrived)
@@ -349,5 +348,5 @@ def _limit_report(router: Router, handles: list, received: list, window_s: float
         first = min(x.arrived for x in received)
         print(f"429 on {r.key} at {r.arrived - first:.3f} s: server counted {len(counted)}, the oldest "
               f"{r.arrived - counted[0].arrived:.3f} s before; arrival - stamp: new "
-              f"{'?' if o_new is None else f'{o_new - base:+.3f}'}, oldest "
-              f"{'?' if o_old is None else f'{o_old - base:+.3f}'}")
+              f"{'?' if o_new is None else f'{o_new:+.3f}'}, oldest "
+              f"{'?' if o_old is None else f'{o_old:+.3f}'}")

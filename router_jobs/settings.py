@@ -90,7 +90,9 @@ class Settings(BaseModel):
     secret_cache_ttl: float = Field(default=60.0, ge=0)
     secrets_file: Path | None = None
     metrics_port: int = 9464
-    pool_margin_ms: int = Field(default=100, ge=0)
+    #: safety margin on window ends (at most 1/40 of a window): the provider's clock may run
+    #: behind our stamps by this much (its own queueing before its limiter sees a request)
+    pool_margin_ms: int = Field(default=250, ge=0)
     pool_late_ms: int = Field(default=500, ge=0)
     #: how far ahead of a key's room the scheduler may admit a job (the worker starts the
     #: call at the moment the room exists, so delivery latency does not delay the window)

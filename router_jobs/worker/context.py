@@ -38,6 +38,11 @@ _executor: Executor | None = None
 install_worker_metrics(broker, settings)  # multiprocess folder, in-progress gauge, exporter fork
 if settings.log_json:
     configure_logging(json=True)
+# one INFO line per provider request from the SDKs' HTTP client, each run through the secret
+# redaction filters, cost the workers CPU at hundreds of calls a second and said nothing the
+# job's own log lines do not; their warnings and errors still show
+for _name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class _PoolCosts(Mapping[str, Cost]):
