@@ -297,6 +297,8 @@ def run_worker_matrix(url: str, *, modes: list[str], rates: list[int], overs: li
                 row.update(bound_columns(row, ceiling))
                 rows.append(row)
                 print_matrix_row(row, flush=True)
+                for note in run.limit_notes or []:
+                    print("    " + note, flush=True)
                 if json_path:
                     write_rows(json_path, rows)
     return rows

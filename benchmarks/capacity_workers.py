@@ -53,6 +53,7 @@ class CapacityRun:
     interactive_jobs: int = 0
     attempts_max: int = 0
     start_rate_per_s: float | None = None  # accepted requests per second, first to last arrival
+    limit_notes: list[str] | None = None  # one line per 429: which side of the window ran off our stamps
 
     @property
     def wall_over_minimum(self) -> float:
@@ -240,13 +241,15 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
                     for t in stamps:
                         sh[int(t - stamps[0])] = sh.get(int(t - stamps[0]), 0) + 1
                     print("final stamps per second after the first:", [sh.get(i, 0) for i in range(max(sh) + 1)])
-            _limit_report(router, handles, received, window_s)
+            print("\n".join(_limit_report(router, handles, received, window_s)))
             for k in names:
                 times = sorted(r.arrived for r in received if r.key == k and r.status == 200)
                 gaps = sorted(round((b - a) * 1000) for a, b in zip(times, times[1:], strict=False))
                 if gaps:
                     print(f"arrival gaps of {k} (ms): min {gaps[0]} p10 {gaps[len(gaps) // 10]} "
                           f"p50 {gaps[len(gaps) // 2]} p90 {gaps[9 * len(gaps) // 10]} max {gaps[-1]}")
+        limit_notes = (_limit_report(router, handles, received, window_s)
+                       if any(r.status == 429 for r in received) else [])
         windows = {k: server.max_in_window(k, window_s) for k in names}
         per_second = {k: max(server.per_second(k).values(), default=0) for k in names}
         arrivals = sorted(r.arrived for r in received if r.status == 200)
@@ -264,7 +267,7 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             interactive_p95_s=waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else None,
             interactive_jobs=len(waits),
             attempts_max=max((r.attempts for r in results), default=0),
-            start_rate_per_s=(len(arrivals) - 1) / span if span > 0 else None,
+            start_rate_per_s=(len(arrivals) - 1) / span if span > 0 else None, limit_notes=limit_notes,
         )
     finally:
         router.close()
@@ -312,7 +315,7 @@ class _InteractiveProbe:
         return list(self.times)
 
 
-def _limit_report(router: Router, handles: list, received: list, window_s: float) -> None:  # type: ignore[type-arg]
+def _limit_report(router: Router, handles: list, received: list, window_s: float) -> list[str]:  # type: ignore[type-arg]
     """Debug: for each 429, how far the request that drew it and the oldest request the server
     still counted were from our stamps (arrival - stamp, less the median over all requests):
     which side of the window ran off our clock, and by how much."""
@@ -329,7 +332,7 @@ def _limit_report(router: Router, handles: list, received: list, window_s: float
     single = sorted(r.arrived - got[0] for r in received if r.status == 200
                     for got in [stamps.get(by_prompt.get(r.prompt, ""), [])] if len(got) == 1)
     if not single:
-        return
+        return []
     base = single[len(single) // 2]
 
     def off(r: Any) -> float | None:
@@ -337,8 +340,8 @@ def _limit_report(router: Router, handles: list, received: list, window_s: float
         return min((r.arrived - t - base for t in got), key=abs) if got else None
 
     offs = sorted(o for o in (off(r) for r in received if r.status == 200) if o is not None)
-    print(f"arrival - stamp (s, less the median): p1 {offs[len(offs) // 100]:+.3f} "
-          f"p99 {offs[99 * len(offs) // 100]:+.3f} max {offs[-1]:+.3f}")
+    out = [f"arrival - stamp (s, less the median): p1 {offs[len(offs) // 100]:+.3f} "
+          f"p99 {offs[99 * len(offs) // 100]:+.3f} max {offs[-1]:+.3f}"]
     for r in [r for r in received if r.status == 429][:10]:
         counted = sorted((x for x in received if x.key == r.key and x.status == 200
                           and r.arrived - window_s < x.arrived <= r.arrived), key=lambda x: x.arrived)
@@ -346,7 +349,8 @@ def _limit_report(router: Router, handles: list, received: list, window_s: float
             continue
         o_new, o_old = off(r), off(counted[0])
         first = min(x.arrived for x in received)
-        print(f"429 on {r.key} at {r.arrived - first:.3f} s: server counted {len(counted)}, the oldest "
+        out.append(f"429 on {r.key} at {r.arrived - first:.3f} s: server counted {len(counted)}, the oldest "
               f"{r.arrived - counted[0].arrived:.3f} s before; arrival - stamp: new "
               f"{'?' if o_new is None else f'{o_new:+.3f}'}, oldest "
               f"{'?' if o_old is None else f'{o_old:+.3f}'}")
+    return out
