@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import socket
@@ -102,7 +103,7 @@ class FakeProviderServer:
         self._records: list[Record] = []
         self._admitted: dict[str, deque[tuple[float, int]]] = {}
         self._buckets: dict[str, tuple[float, float, float]] = {}  # key -> (requests, tokens, at)
-        self._seconds: dict[str, tuple[int, int]] = {}  # key -> (whole second, requests in it)
+        self._seconds: dict[str, dict[int, int]] = {}  # key -> whole second -> requests in it (recent)
         self._scripts: dict[str, deque[str]] = {}
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -203,31 +204,38 @@ class FakeProviderServer:
                     return Scenario.parse(queue.popleft())
         return Scenario("ok")
 
-    def _admit(self, key: str, tokens: int) -> tuple[str | None, float]:
-        """Check and charge the key's limit in its mode; (limit kind hit or None, wait s)."""
+    def _admit(self, key: str, tokens: int, now: float | None = None) -> tuple[str | None, float]:
+        """Check and charge the key's limit in its mode at ``now`` (the request's arrival;
+        default: this moment); (limit kind hit or None, wait s)."""
         limit = self._limits.get(key) or self._limits.get("*") or KeyLimit()
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         if limit.mode == "bucket":
             return self._admit_bucket(key, limit, tokens, now)
         with self._lock:
             if limit.mode == "quantized" and limit.requests is not None:
                 second = int(now)
-                cur, n = self._seconds.get(key, (second, 0))
-                if cur != second:
-                    n = 0
+                counts = self._seconds.setdefault(key, {})
+                n = counts.get(second, 0)
                 if n >= math.ceil(limit.requests / limit.window) + limit.burst:
                     return "rate_limit_requests", max(0.001, second + 1 - now)
             log = self._admitted.setdefault(key, deque())
             while log and log[0][0] <= now - limit.window:
                 log.popleft()
+            # requests admitted after this one arrived (their handlers ran first) are in the
+            # log too: they count in its window as well
             wait = (log[0][0] + limit.window - now) if log else 0.0
             if limit.requests is not None and len(log) >= limit.requests:
                 return "rate_limit_requests", max(wait, 0.001)
             if limit.tokens is not None and sum(t for _, t in log) + tokens > limit.tokens:
                 return "rate_limit_tokens", max(wait, 0.001)
-            log.append((now, tokens))
+            if log and log[-1][0] > now:
+                log.insert(bisect.bisect_right([t for t, _ in log], now), (now, tokens))
+            else:
+                log.append((now, tokens))
             if limit.mode == "quantized" and limit.requests is not None:
-                self._seconds[key] = (second, n + 1)
+                counts[second] = n + 1
+                for old in [x for x in counts if x < second - 5]:
+                    del counts[old]
         return None, 0.0
 
     def _admit_bucket(self, key: str, limit: KeyLimit, tokens: int, now: float) -> tuple[str | None, float]:
@@ -235,6 +243,7 @@ class FakeProviderServer:
             cap_r = float(limit.requests or 0)
             cap_t = float(limit.tokens or 0)
             level_r, level_t, at = self._buckets.get(key, (cap_r, cap_t, now))
+            now = max(now, at)  # a request whose handler ran late is charged when the bucket last was
             dt = now - at
             level_r = min(cap_r, level_r + dt * cap_r / limit.window)
             level_t = min(cap_t, level_t + dt * cap_t / limit.window)
@@ -286,8 +295,13 @@ class FakeProviderServer:
             }
         return {}
 
-    def handle(self, path: str, headers: Mapping[str, str], body: dict[str, Any]) -> Reply:
-        """Answer one request (called by the HTTP handler; usable directly in unit tests)."""
+    def handle(self, path: str, headers: Mapping[str, str], body: dict[str, Any], *,
+               arrived: float | None = None) -> Reply:
+        """Answer one request (called by the HTTP handler; usable directly in unit tests).
+
+        ``arrived`` (``time.monotonic()``): when the request line was read; the limits count
+        the request then, not after its body was parsed (on a busy machine that took up to a
+        few hundred ms, which no real provider's limiter adds)."""
         parsed = urlsplit(path)
         if self.provider == "gemini":
             body = views.camel_keys(body)  # recorded so too: the API takes either spelling
@@ -298,13 +312,13 @@ class FakeProviderServer:
         with self._lock:
             key = self._by_secret.get(secret, "?") if secret else "?"
         in_tokens = estimate_text_tokens(all_text) + 3 + IMAGE_TOKENS * req.images
-        arrived = time.monotonic()
+        arrived = min(arrived, time.monotonic()) if arrived is not None else time.monotonic()
         scenario = self._next_scenario(key, headers.get("x-fake-scenario"))
         if key == "?":
             scenario = Scenario("invalid_key")
         wait = scenario.num("wait", 1.5)
         if scenario.name == "ok":
-            hit, limit_wait = self._admit(key, in_tokens)
+            hit, limit_wait = self._admit(key, in_tokens, arrived)
             if hit is not None:
                 scenario, wait = Scenario(hit), limit_wait
         delay = self.latency + (scenario.num("seconds", 2.0) if scenario.name == "slow" else 0.0)
@@ -465,6 +479,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """Silent: tests and the demo read :meth:`FakeProviderServer.received` instead."""
 
+    def parse_request(self) -> bool:
+        self.arrived = time.monotonic()  # the request line has just been read
+        return super().parse_request()
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -476,7 +494,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(Reply(400, {"error": {"message": "body is not a JSON object", "code": 400}}))
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
-        self._send(self.fake.handle(self.path, headers, body))
+        self._send(self.fake.handle(self.path, headers, body, arrived=getattr(self, "arrived", None)))
 
     def _send(self, reply: Reply) -> None:
         if reply.events is not None:
