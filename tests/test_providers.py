@@ -193,6 +193,29 @@ def test_fake_server_enforces_rolling_window_and_records(server: FakeProviderSer
         assert s.max_in_window("k1", 1.0, status=None) >= 4
 
 
+def test_fake_server_counts_a_request_when_it_arrived() -> None:
+    """A request whose handler ran late is counted at its arrival (kept in order), so the
+    server's window does not run behind the requests: the basis of every 0 x 429 claim."""
+    s = FakeProviderServer("openai", {"k1": SECRET}, {"k1": KeyLimit(requests=2, window=1.0)})
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {SECRET}"}
+    t0 = time.monotonic() - 2  # every arrival below lies in the past
+    assert s.handle("/v1/chat/completions", headers, body, arrived=t0).status == 200
+    # handled after the first, but it arrived 0.4 s before it
+    assert s.handle("/v1/chat/completions", headers, body, arrived=t0 - 0.4).status == 200
+    assert [round(r.arrived - t0, 1) for r in s.received("k1")] == [0.0, -0.4]
+    # full until the earlier one leaves the window, 0.6 s after the first, not 1 s
+    assert s.handle("/v1/chat/completions", headers, body, arrived=t0 + 0.5).status == 429
+    assert s.handle("/v1/chat/completions", headers, body, arrived=t0 + 0.61).status == 200
+    # quantized: a late-handled request is counted in the second it arrived in
+    q = FakeProviderServer("openai", {"k1": SECRET}, {"k1": KeyLimit(requests=60, window=60.0, mode="quantized")})
+    second = float(int(time.monotonic()) - 3)
+    assert q.handle("/v1/chat/completions", headers, body, arrived=second + 1.2).status == 200
+    assert q.handle("/v1/chat/completions", headers, body, arrived=second + 0.5).status == 200
+    assert q.handle("/v1/chat/completions", headers, body, arrived=second + 0.9).status == 429
+    assert q.handle("/v1/chat/completions", headers, body, arrived=second + 1.5).status == 429
+
+
 def test_fake_server_token_limit() -> None:
     with FakeProviderServer("openai", {"k1": SECRET}, {"*": {"tpm": 40, "window": 60}}) as s:
         call(s)
