@@ -194,6 +194,41 @@ def test_failing_hook_keeps_the_entry_until_the_hook_succeeds(rc: redis.Redis) -
     consumer.close()
 
 
+class AlreadyDone(Middleware):
+    """A dead-letter hook that says the message's work had already ended."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def before_dead_letter(self, broker: Any, message: Any, *, kind: str, reason: str) -> bool:
+        self.calls += 1
+        return True
+
+
+def test_a_crashing_message_whose_work_had_ended_is_acknowledged_not_dead_lettered(rc: redis.Redis) -> None:
+    # a worker finished the job and died before its batched ack left, more than once: the
+    # entry reaches its start limit, but nothing is dead (the job had ended)
+    broker = make_broker(rc, visibility_timeout=300, max_deliveries=1)
+    stream = broker.schema.stream("interactive")
+    hook = AlreadyDone()
+    broker.add_middleware(hook)
+
+    @dramatiq.actor(queue_name="interactive")
+    def victim() -> None:
+        raise AssertionError("must not run: it started too often")
+
+    victim.send()
+    rc.xreadgroup(GROUP, "crashed-consumer", {stream: ">"}, count=1)
+    consumer = broker.consume("interactive", prefetch=1)
+    deadline = time.monotonic() + 15
+    while hook.calls == 0 and time.monotonic() < deadline:
+        assert next(consumer) is None
+    assert hook.calls == 1
+    assert rc.xlen(broker.schema.dead("interactive")) == 0
+    assert rc.xpending(stream, GROUP)["pending"] == 0 and rc.xlen(stream) == 0
+    consumer.close()
+
+
 # ------------------------------------------------------ item 8: retries parked atomically
 def test_a_retry_redis_refuses_to_park_stays_pending_and_runs_later(rc: redis.Redis) -> None:
     broker = make_broker(rc, visibility_timeout=500)

@@ -229,8 +229,12 @@ class StreamConsumer(Consumer):
             message = _entry_proxy(entry_id, data, True)
         except DecodeError:
             message = None  # not a message of ours: nobody to tell
-        if message is not None:
-            self.broker.before_dead_letter(message, kind="crashed", reason=reason)
+        if message is not None and self.broker.before_dead_letter(message, kind="crashed", reason=reason):
+            # its job had ended: a worker finished it and died before the ack left (acks are
+            # flushed in batches), and again on each redelivery. Nothing is dead: acknowledge it
+            self.scripts.ack(keys=[self.stream, self.broker.schema.starts(self.queue_name)],
+                             args=[GROUP, entry_id])
+            return
         self.scripts.dead_letter(
             keys=[self.stream, self.dead, self.broker.schema.starts(self.queue_name)],
             args=[GROUP, entry_id, data, reason, self.broker.dead_letter_maxlen, deliveries, starts],

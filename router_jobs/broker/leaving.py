@@ -46,9 +46,11 @@ class DeadLetterHook(Protocol):
     unexpected error) or ``"crashed"`` (it was started too often without an ack: its workers
     died or timed out each time). Raising :class:`redis.RedisError` or
     :class:`~router_jobs.errors.RouterJobsError` keeps the entry pending (it comes back later).
+    Returning True says the message's work had already ended (a worker finished it but died
+    before its ack left): the entry is then acknowledged instead of dead-lettered.
     """
 
-    def before_dead_letter(self, broker: Any, message: Any, *, kind: str, reason: str) -> None: ...
+    def before_dead_letter(self, broker: Any, message: Any, *, kind: str, reason: str) -> bool | None: ...
 
 
 def keep_pending(message: MessageProxy) -> None:

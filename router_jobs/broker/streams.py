@@ -146,12 +146,15 @@ class StreamsBroker(Broker):
             keys=[self.schema.delayed(queue_name), self.schema.stream(queue_name)], args=[1000])
         return int(wait_ms)
 
-    def before_dead_letter(self, message: MessageProxy, *, kind: str, reason: str) -> None:
+    def before_dead_letter(self, message: MessageProxy, *, kind: str, reason: str) -> bool:
         """Tell every middleware implementing :class:`DeadLetterHook` that ``message`` is about
-        to be dead-lettered. Their errors propagate: the entry then stays pending."""
+        to be dead-lettered. Their errors propagate: the entry then stays pending. True when
+        one says the message's work had already ended (nothing to dead-letter)."""
+        done = False
         for middleware in self.middleware:
             if isinstance(middleware, DeadLetterHook):
-                middleware.before_dead_letter(self, message, kind=kind, reason=reason)
+                done = bool(middleware.before_dead_letter(self, message, kind=kind, reason=reason)) or done
+        return done
 
     # -- declaring -------------------------------------------------------------------------
     def declare_queue(self, queue_name: str) -> None:

@@ -140,4 +140,4 @@ def executor() -> Executor:
 
 
 broker.add_middleware(WarmUp())
-broker.add_middleware(JobEndings(lambda: executor().abandon))
+broker.add_middleware(JobEndings(lambda: executor().abandon, lambda: executor().has_ended))

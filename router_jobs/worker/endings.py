@@ -30,15 +30,25 @@ class JobEndings(Middleware):
     """Dramatiq middleware ending the job of every dead-lettered job message.
 
     ``abandon`` is :meth:`router_jobs.worker.executor.Executor.abandon` of the worker
-    process (looked up lazily: the executor is built on first use).
+    process, ``has_ended`` its :meth:`~router_jobs.worker.executor.Executor.has_ended` (looked
+    up lazily: the executor is built on first use).
     """
 
-    def __init__(self, abandon: Callable[[], Abandon]) -> None:
+    def __init__(self, abandon: Callable[[], Abandon],
+                 has_ended: Callable[[], Callable[[str], bool]] | None = None) -> None:
         self._abandon = abandon
+        self._has_ended = has_ended
 
-    def before_dead_letter(self, broker: Any, message: Any, *, kind: str, reason: str) -> None:
-        """End the message's job (a job message names its job id as its only argument)."""
+    def _ended(self, job_id: str) -> bool:
+        return self._has_ended is not None and self._has_ended()(job_id)
+
+    def before_dead_letter(self, broker: Any, message: Any, *, kind: str, reason: str) -> bool:
+        """End the message's job (a job message names its job id as its only argument).
+
+        True when a message that kept crashing its workers belongs to a job that had already
+        ended (it was finished, and the ack was lost with the worker): nothing to dead-letter."""
         if message.actor_name not in ACTOR_FOR_QUEUE.values() or not message.args:
-            return
-        self._abandon()(str(message.args[0]), q_name(message.queue_name),
-                        ERROR_TYPES.get(kind, "dead_lettered"), reason)
+            return False
+        job_id = str(message.args[0])
+        ended = self._abandon()(job_id, q_name(message.queue_name), ERROR_TYPES.get(kind, "dead_lettered"), reason)
+        return kind == "crashed" and not ended and self._ended(job_id)

@@ -194,6 +194,11 @@ class Executor:
             return self._wait(job, queue, decision, defer, request.reservation_id, max_wait_left)
         return self._call(job, queue, decision, messages, defer)
 
+    def has_ended(self, job_id: str) -> bool:
+        """Whether ``job_id``'s record shows an ending (succeeded, failed, cancelled, expired)."""
+        current = self.jobs.get(job_id)
+        return current is not None and current.status.terminal
+
     def abandon(self, job_id: str, queue: str, error_type: str, reason: str) -> bool:
         """End a job whose message leaves the broker for good (dead-lettered) as ``failed``
         with ``reason``, exactly once, waking its awaiters; release its conversation turn.
