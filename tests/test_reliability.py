@@ -173,19 +173,25 @@ class Refuses(Middleware):
             raise redis.ConnectionError("injected: redis went away")
 
 
-def test_failing_hook_keeps_the_entry_until_the_hook_succeeds(rc: redis.Redis) -> None:
+def _poison_entry(rc: redis.Redis, hook: Middleware) -> tuple[Any, str, Any]:
+    """A broker with ``hook``, one entry already started by a consumer that died (the start
+    limit is 1), and a consumer of its queue: (broker, stream, consumer)."""
     broker = make_broker(rc, visibility_timeout=300, max_deliveries=1)
     stream = broker.schema.stream("interactive")
-    hook = Refuses()
     broker.add_middleware(hook)
 
     @dramatiq.actor(queue_name="interactive")
     def victim() -> None:
-        raise AssertionError("must not run: it is poison")
+        raise AssertionError("must not run: it started too often")
 
     victim.send()
     rc.xreadgroup(GROUP, "crashed-consumer", {stream: ">"}, count=1)
-    consumer = broker.consume("interactive", prefetch=1)
+    return broker, stream, broker.consume("interactive", prefetch=1)
+
+
+def test_failing_hook_keeps_the_entry_until_the_hook_succeeds(rc: redis.Redis) -> None:
+    hook = Refuses()
+    broker, stream, consumer = _poison_entry(rc, hook)
     deadline = time.monotonic() + 15
     while rc.xlen(broker.schema.dead("interactive")) == 0 and time.monotonic() < deadline:
         assert next(consumer) is None
@@ -208,18 +214,8 @@ class AlreadyDone(Middleware):
 def test_a_crashing_message_whose_work_had_ended_is_acknowledged_not_dead_lettered(rc: redis.Redis) -> None:
     # a worker finished the job and died before its batched ack left, more than once: the
     # entry reaches its start limit, but nothing is dead (the job had ended)
-    broker = make_broker(rc, visibility_timeout=300, max_deliveries=1)
-    stream = broker.schema.stream("interactive")
     hook = AlreadyDone()
-    broker.add_middleware(hook)
-
-    @dramatiq.actor(queue_name="interactive")
-    def victim() -> None:
-        raise AssertionError("must not run: it started too often")
-
-    victim.send()
-    rc.xreadgroup(GROUP, "crashed-consumer", {stream: ">"}, count=1)
-    consumer = broker.consume("interactive", prefetch=1)
+    broker, stream, consumer = _poison_entry(rc, hook)
     deadline = time.monotonic() + 15
     while hook.calls == 0 and time.monotonic() < deadline:
         assert next(consumer) is None

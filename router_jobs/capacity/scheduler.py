@@ -320,13 +320,8 @@ class Scheduler:
 
     def admission_rate(self, model: str) -> float:
         """Requests per second the active keys serving ``model`` admit in the long run."""
-        total = 0.0
-        for cfg in self.pool.registry.current().keys.values():
-            if not cfg.active or model not in cfg.served_models():
-                continue
-            rates = [w.limit / w.seconds for w in cfg.all_windows() if w.unit == "requests"]
-            total += min(rates) if rates else 0.0
-        return total
+        keys = self.pool.registry.current().keys.values()
+        return _capacity(cfg for cfg in keys if model in cfg.served_models())
 
     def lines(self) -> dict[str, dict[str, int]]:
         """Per model: jobs waiting per class."""
