@@ -153,6 +153,36 @@ def test_a_late_claim_is_stamped_again_and_lost_if_the_room_moved_beyond_the_lea
     assert isinstance(s.claim("b"), Lost)
 
 
+def per_second(r: redis.Redis, ns: str, limit: int, lead_ms: int) -> Scheduler:
+    spec = [{"key_id": "k0", "model_name": "m", "provider": "fake", "windows": [{"limit": limit, "seconds": 1}]}]
+    pool = RedisKeyPool(r, RedisSchema(ns), parse_keys({"keys": spec}), margin_ms=20)
+    return Scheduler(pool, lead_ms=lead_ms)
+
+
+@pytest.mark.parametrize("limit", [2, 3])
+def test_a_late_claim_moves_to_now_in_place_only_when_every_window_still_fits(
+        r: redis.Redis, namespace: str, limit: int) -> None:
+    """A claim that comes after its stamp, while later jobs were admitted ahead, starts at once
+    when moving its entry to now keeps every window within the limit (it used to wait in its
+    worker thread until those later jobs' room, a lead's worth); otherwise it does not move."""
+    s = per_second(r, namespace, limit, lead_ms=300)
+    ids = [f"j{i}" for i in range(limit + 2)]
+    first = s.enqueue([demand(i) for i in ids])
+    assert first.admitted == limit
+    time.sleep(first.next_ms / 1000 + 0.03)
+    assert s.admit().admitted == 2  # the last two, admitted ahead: stamped when the first leave
+    ahead = [stamp_of(s, i) for i in ids[limit:]]
+    g = s.claim(ids[0])  # late by ~0.75 s
+    stamps = sorted(stamp_of(s, i) for i in ids if s.client.hexists(s._part("grants"), i))
+    # whatever happened, no 1 s window (+ the 20 ms margin) holds more than the limit
+    assert all(sum(1 for t in stamps if e - 1020 < t <= e) <= limit for e in stamps)
+    if limit == 3:  # the late job and the two ahead fit the window ending at their stamp
+        assert isinstance(g, Grant) and g.delay_s == 0
+        assert ahead[0] - 300 < stamp_of(s, ids[0]) < ahead[0]
+    else:  # it would make three in the window ending at theirs: it cannot start now
+        assert isinstance(g, Lost)
+
+
 def test_cancelled_before_claim_gives_the_room_back(r: redis.Redis, namespace: str) -> None:
     s = make(r, namespace, rpm=1)
     s.enqueue([demand("a"), demand("b")])

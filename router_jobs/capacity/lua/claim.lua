@@ -1,9 +1,11 @@
 -- claim.lua: a worker takes up the admission of a job it was delivered. The reservation was
 -- stamped at admission with the moment its room exists (now, or up to `lead` ms ahead). A
 -- worker that comes before that moment keeps the stamp and starts the call at it; one that
--- comes later is stamped again with the moment it can start (now, or within `lead` if the
--- key's room has moved on), so the gap between our stamp and the provider's arrival is the
--- call's own set-up time. A key with no room within `lead` sends the job back to its line.
+-- comes later is stamped again: now, if moving its entries there keeps every window of the
+-- key within its limits (poollib's moves_to_now), else the moment it can start (within
+-- `lead` if the key's room has moved on), so the gap between our stamp and the provider's
+-- arrival is the call's own set-up time. A key with no room within `lead` sends the job
+-- back to its line.
 --
 -- KEYS[1..10]  spec, gspec, state, log, sums, res, rexp, lease, inflight, stats (as reserve.lua)
 -- KEYS[11] grants  hash  job id -> reservation id ('!'..reason: refused for good); kept
@@ -69,6 +71,19 @@ if rec.t >= now then
   end
 end
 remove_entries(rec, rid)
+local from = available_from(rec.k, spec)
+if from ~= nil and from <= now and rec.t < now and rec.lm
+    and redis.call('ZSCORE', KEYS[8], rec.lm) and moves_to_now(rec.k, spec, rec) then
+  -- late: the entries move to now in place, the concurrency slot stays this job's
+  drop_lease(rec)
+  take_lease(rec.k, spec, rec, rid)
+  rec.p = append(rec.k, spec, now, rid, rec.w)
+  rec.t = now
+  rec.s = 'g'
+  redis.call('HSET', KEYS[6], rid, cjson.encode(rec))
+  redis.call('ZADD', KEYS[7], now + spec.to + grace + keep, rid)
+  return {'g', rec.k, rec.m, rid, tostring(now), tostring(now)}
+end
 drop_lease(rec)
 local at, _, _, busy = key_fit(rec.k, spec, rec.w, 1)
 if at < 0 or busy or at > now + lead then return lost(rec, 'key ' .. rec.k .. ' has no room at call time') end

@@ -161,6 +161,42 @@ local function append(kid, spec, at, rid, w)
   return prefixes
 end
 
+-- whether reservation rec (stamped rec.t, in the past, never sent) may move to now in
+-- place. A window that holds the new stamp but not the old one ends at t' >= max(now,
+-- rec.t + W') (W': the window with its margin), so it holds only entries stamped after
+-- lower = max(rec.t, now - W'); their weights plus rec's must fit every limit. (The usual fit
+-- instead waits until the newest entries leave, so a late claim would wait for every job
+-- admitted after it, a lead's worth, in its worker thread.) Token limits are checked by a
+-- walk of at most 256 entries; a longer one answers no.
+local function moves_to_now(kid, spec, rec)
+  for _, sc in ipairs(scopes(kid, spec)) do
+    for _, lim in ipairs(sc[2]) do
+      local ms = lim[1]
+      local prefix = sc[1] .. SEP .. ms .. SEP
+      trim(prefix, ms)
+      local lower = math.max(rec.t, now - ms - wmargin(ms))
+      local lo = '(' .. prefix .. pad(lower) .. '\255'
+      local hi = '(' .. prefix .. '\255'
+      local tokens = lim[3] > 0 or lim[4] > 0 or lim[5] > 0
+      if not tokens then
+        if lim[2] > 0 and redis.call('ZLEXCOUNT', KEYS[4], lo, hi) + rec.w[1] > lim[2] then return false end
+      else
+        local acc = {rec.w[1], rec.w[2], rec.w[3], rec.w[4]}
+        local batch = redis.call('ZRANGEBYLEX', KEYS[4], lo, hi, 'LIMIT', 0, 257)
+        if #batch > 256 then return false end
+        for _, m in ipairs(batch) do
+          local _, ew = parse_member(m, #prefix)
+          for u = 1, 4 do acc[u] = acc[u] + ew[u] end
+        end
+        for u = 1, 4 do
+          if lim[u + 1] > 0 and acc[u] > lim[u + 1] then return false end
+        end
+      end
+    end
+  end
+  return true
+end
+
 -- take a reservation's entries out of the logs (those still there)
 local function remove_entries(rec, rid)
   for _, prefix in ipairs(rec.p) do
