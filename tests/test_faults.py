@@ -175,6 +175,26 @@ def test_every_job_ends_once_through_oom_redis_restart_and_a_killed_worker(serve
     assert "OutOfMemoryError" in log or "OOM command not allowed" in log
 
 
+# ------------------------------------------- a producer dies between the record and the line
+def test_a_job_whose_producer_died_before_the_line_is_run_by_the_workers(server: RedisServer) -> None:
+    from router_jobs.models import JobSpec
+
+    env = worker_env(server.url)
+    router = make_router(env)
+    first = router.submit("seeds the registry", model="fake-model")
+    joining = router.scheduler.joining_key()
+    # what a producer killed after submit.lua leaves: the record, held, noted as joining
+    router.jobs.submit(JobSpec(prompt="orphan", model="fake-model"), job_id="orphan", hold=True, joining=joining)
+    router.client.zadd(joining, {"orphan": 0})  # long ago: the first sweep takes it
+    with WorkerPool(env, processes=1, threads=2) as pool:
+        assert router.await_result(first, timeout=60).ok
+        res = router.await_result("orphan", timeout=60)
+        assert res.ok, (res.error_type, res.error_message)
+        assert "put 1 job(s) in line whose producer died" in pool.output()
+    assert router.client.zcard(joining) == 0
+    assert int(router.client.hget(router.schema.job("orphan"), "deliveries") or 0) == 1
+
+
 # --------------------------------------------------------- item 2: dead letters end jobs
 def test_adapter_bug_and_worker_killer_end_failed_with_the_reason(server: RedisServer) -> None:
     env = worker_env(server.url)

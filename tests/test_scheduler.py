@@ -419,3 +419,39 @@ def test_a_settle_walks_the_lines_only_when_it_may_have_freed_room(r: redis.Redi
     c.pool.settle(gx, None)
     assert c.settled(["x"]).admitted == 1
     assert delivered(r, namespace + "-c", "batch") == ["x", "y"]
+
+
+def test_a_job_its_producer_left_out_of_line_is_put_in_line_by_the_sweep(r: redis.Redis, redis_url: str,
+                                                                        namespace: str) -> None:
+    """submit writes the record, then puts the job in line: a producer that dies in between
+    leaves the job noted as joining, and a worker's sweep puts it in line (once)."""
+    from dramatiq.message import Message
+
+    from router_jobs.capacity.joining import JoiningSweeper
+
+    settings = Settings.from_env({"REDIS_URL": redis_url, "ROUTER_NAMESPACE": namespace})
+    keys = parse_keys({"keys": [{"key_id": "k0", "model_name": "m", "provider": "fake", "rpm": 5}]})
+    router = Router(settings, client=redis.Redis.from_url(redis_url), keys=keys)
+
+    def sent() -> list[str]:
+        return [Message.decode(f[b"m"]).args[0] for _, f in r.xrange(router.schema.stream("batch"))]
+
+    try:
+        joining = router.scheduler.joining_key()
+        fine = router.submit("a normal submit", model="m", priority="batch")
+        assert r.zcard(joining) == 0  # joining the line took it out at once
+        # a producer that died after the record: held, noted as joining, not in line
+        spec = JobSpec(prompt="orphan", model="m", priority="batch")
+        router.jobs.submit(spec, job_id="orphan", hold=True, joining=joining)
+        router.jobs.submit(JobSpec(prompt="gone", model="m"), job_id="ended", hold=True, joining=joining)
+        r.hset(router.schema.job("ended"), "status", "cancelled")
+        assert set(r.zrange(joining, 0, -1)) == {b"orphan", b"ended"}
+        sweep = JoiningSweeper(router.scheduler, after_s=30)
+        assert sweep() == 0 and r.zcard(joining) == 2  # too young: its producer may be on its way
+        sweep.after_s = 0
+        assert sweep() == 1  # the orphan joins the line; the cancelled one is only forgotten
+        assert r.zcard(joining) == 0
+        assert sent() == [fine.job_id, "orphan"]  # in line, and admitted at once: there is room
+        assert sweep() == 0 and sent() == [fine.job_id, "orphan"]
+    finally:
+        router.close()

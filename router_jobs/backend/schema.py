@@ -160,6 +160,10 @@ class RedisSchema:
         """``<ns>:{pool:<pool>}:<part>``: one key of the pool named ``pool``."""
         return f"{self.scope(pool)}:{part}"
 
+    def pool_joining(self, pool: str) -> str:
+        """zset job id -> ms its record was written for the line, until it joins the line."""
+        return self.pool_part(pool, "joining")
+
     def pool_registry(self, pool: str) -> str:
         """hash key_id -> KeyConfig JSON (no secrets)."""
         return self.pool_part(pool, "reg")

@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +185,10 @@ class Scheduler:
     def _part(self, part: str) -> str:
         return self.ks.pool_part(self.pool.pool, part)
 
+    def joining_key(self) -> str:
+        """Held jobs whose producer has not put them in line yet (see :mod:`.joining`)."""
+        return self.ks.pool_joining(self.pool.pool)
+
     def line_key(self, model: str) -> str:
         """The wait line of ``model``."""
         return self._part(f"line:{model}")
@@ -219,6 +223,7 @@ class Scheduler:
         ]
         for m in models:
             keys += [self.ks.pool_free(self.pool.pool, m), self.line_key(m)]
+        keys.append(self.joining_key())
         args: list[Any] = [op, *self._ms(), self.interactive_share, self.interactive_hold_ms, self.max_admit,
                            self.lead_ms, self.interactive_share_min, self.interactive_reserve,
                            _capacity(registry.keys.values()), len(models), *models, *payload]
@@ -340,19 +345,28 @@ class AdmissionTimer:
     """The admission step as a worker's consumer loop runs it: when the last step said room
     is due, and at most ``recheck`` s apart (another process may have put a job in line).
     Every ``force_every`` s it looks at the lines even if nothing seemed due (an operator
-    enabled a key, a cooldown was cleared). Returns seconds until it wants to run again."""
+    enabled a key, a cooldown was cleared), and every ``sweep_every`` s it runs ``sweep`` (the
+    workers': :class:`~router_jobs.capacity.joining.JoiningSweeper`). Returns seconds until
+    it wants to run again."""
 
-    def __init__(self, scheduler: Scheduler, *, recheck: float = 0.1, force_every: float = 1.0) -> None:
+    def __init__(self, scheduler: Scheduler, *, recheck: float = 0.1, force_every: float = 1.0,
+                 sweep: Callable[[], object] | None = None, sweep_every: float = 5.0) -> None:
         self.scheduler = scheduler
         self.recheck = recheck
         self.force_every = force_every
         self._next_force = 0.0
+        self.sweep = sweep
+        self.sweep_every = sweep_every
+        self._next_sweep = time.monotonic() + sweep_every
 
     def __call__(self) -> float:
         now = time.monotonic()
         force = now >= self._next_force
         if force:
             self._next_force = now + self.force_every
+        if self.sweep is not None and now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_every
+            self.sweep()
         out = self.scheduler.admit(force=force)
         if out.next_ms < 0:
             return self.recheck

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from router_jobs.backend.ops import Op, Steps
-from router_jobs.capacity.scheduler import Demand
+from router_jobs.capacity.joining import line_demand
 from router_jobs.conversations.store import check_conv_id
 from router_jobs.errors import JobValidationError, SubmitRateLimited
-from router_jobs.jobs.records import job_message, new_job_id
+from router_jobs.jobs.records import new_job_id
 from router_jobs.models import JobHandle, JobResult, JobSpec, JobStatus
 from router_jobs.observability.metrics import record_submitted
 from router_jobs.streaming.live import ending_event, waiting_event
-from router_jobs.tokens import estimate_extra_tokens, estimate_tokens
 
 if TYPE_CHECKING:
     from router_jobs.client.router import Router
@@ -97,7 +96,7 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
                      else waiting_event("submitted", None, ahead))
             yield router.events.append_op(job_id, [first])
         got_id, existed = yield router.jobs.submit_op(spec, job_id=job_id, delay_ms=int(delay * 1000),
-                                                      hold=in_line)
+                                                      hold=in_line, joining=router.scheduler.joining_key())
     except BaseException:
         if drawn:
             yield from release_unused_turn_steps(router, spec, job_id)
@@ -113,11 +112,7 @@ def submit_spec_steps(router: Router, spec: JobSpec, *, delay: float = 0.0,
         status, deliveries = yield Op(lambda c: c.hmget(router.schema.job(got_id), "status", "deliveries"))
         to_line = (status.decode() if isinstance(status, bytes) else status) == "queued" and not int(deliveries or 0)
     if to_line:
-        queue = spec.priority.value
-        tokens = estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
-            spec.tools, spec.output_format(), spec.model)
-        demand = Demand.for_spec(got_id, queue, spec, tokens, job_message(got_id, queue),
-                                 weights=router.scheduler.fairness_weights)
+        demand = line_demand(got_id, spec, router.scheduler.fairness_weights)
         yield from router.scheduler.enqueue_steps([demand])
     record_submitted(spec.priority.value, spec.model, "deduplicated" if existed else "accepted")
     if existed and spec.conversation_id is not None and spec.turn_seq is not None:

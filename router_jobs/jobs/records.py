@@ -98,14 +98,18 @@ class JobStore:
         self.scripts = JobScripts(client)
 
     def submit_op(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0,
-                  hold: bool = False) -> Op[tuple[str, bool]]:
+                  hold: bool = False, joining: str | None = None) -> Op[tuple[str, bool]]:
         """Write the record and enqueue the job atomically; (job id, deduplicated).
 
-        ``hold``: write the record only; the caller puts the job in the key pool's wait line."""
+        ``hold``: write the record only; the caller puts the job in the key pool's wait line.
+        ``joining``: the pool's set of held jobs not yet in line, where the held job is noted
+        until it joins (so that a worker can put it in line if its producer dies first)."""
         ks = self.schema
         queue = spec.priority.value
         idem = spec.idempotency_key
         keys = [ks.job(job_id), ks.stream(queue), ks.delayed(queue), ks.idempotency(idem or "-")]
+        if hold and joining is not None:
+            keys.append(joining)
         args = [job_id, spec.model_dump_json(exclude_none=True), queue, job_message(job_id, queue),
                 self.ttl, -1 if hold else max(0, int(delay_ms)), "1" if idem else "0"]
 
@@ -115,11 +119,13 @@ class JobStore:
 
         return Op(lambda c: JobScripts.on(c).submit(keys=keys, args=args), parse)
 
-    def submit(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0, hold: bool = False) -> tuple[str, bool]:
+    def submit(self, spec: JobSpec, *, job_id: str, delay_ms: int = 0, hold: bool = False,
+               joining: str | None = None) -> tuple[str, bool]:
         """Write the record and enqueue the job atomically; returns (job id, deduplicated).
-        ``hold``: the record only (the key pool's wait line admits the job)."""
+        ``hold``: the record only (the key pool's wait line admits the job); see ``submit_op``."""
         try:
-            return run(self.client, self.submit_op(spec, job_id=job_id, delay_ms=delay_ms, hold=hold))
+            return run(self.client, self.submit_op(spec, job_id=job_id, delay_ms=delay_ms, hold=hold,
+                                                   joining=joining))
         except redis.RedisError as exc:
             raise BrokerError(f"cannot submit job: {exc}") from exc
 

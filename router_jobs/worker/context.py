@@ -13,6 +13,7 @@ from dramatiq.middleware import Middleware
 from router_jobs.admission.budgets import Budgets
 from router_jobs.broker.streams import StreamsBroker
 from router_jobs.capacity.config import Cost
+from router_jobs.capacity.joining import JoiningSweeper
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.capacity.scheduler import AdmissionTimer, Scheduler
 from router_jobs.conversations.store import ConversationStore
@@ -73,7 +74,8 @@ def build_executor() -> Executor:
         logging.getLogger("router_jobs.worker").warning(check.message())
     costs = _PoolCosts(pool)
     scheduler = Scheduler.from_settings(pool, settings)
-    broker.admission = AdmissionTimer(scheduler)  # consumers admit waiting jobs when room is due
+    # consumers admit waiting jobs when room is due, and put in line those a dead producer left
+    broker.admission = AdmissionTimer(scheduler, sweep=JoiningSweeper(scheduler))
     secrets = build_secret_store(settings)
     # secrets read by this process are redacted from every log record it writes
     install_log_redaction(secrets.redactor, logging.getLogger())

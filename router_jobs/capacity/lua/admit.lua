@@ -14,6 +14,7 @@
 -- KEYS[15] stream of the 'interactive' queue     KEYS[16] stream of the 'batch' queue
 -- KEYS[17..] per pool model, in ARGV order: free zset, line zset (lex members
 --            "<class>\31<tag 15 digits>\31<seq 12 digits>\31<job id>")
+-- KEYS[17+2M] joining zset: held jobs whose producer has not put them in line yet
 -- ARGV[1] op: 'admit' (only when due), 'force', 'enqueue', 'remove', 'settled'
 -- ARGV[2] margin ms   ARGV[3] lease grace ms   ARGV[4] record keep ms   ARGV[5] concurrency poll ms
 -- ARGV[6] most of each key held for interactive work while interactive jobs arrive (0..1)
@@ -120,6 +121,7 @@ elseif op == 'enqueue' then
   for i = 15 + M, #ARGV do
     local d = cjson.decode(ARGV[i])
     forget_settled(d.id)
+    if KEYS[17 + 2 * M] then redis.call('ZREM', KEYS[17 + 2 * M], d.id) end
     local ln = lane_of[d.l]
     if not ln and redis.call('HEXISTS', KEYS[13], d.id) == 0 then
       -- no key of the pool serves the job's model: hand it over to fail with the reason

@@ -4,6 +4,8 @@
 -- KEYS[2]  the queue's stream
 -- KEYS[3]  the queue's delay sorted set
 -- KEYS[4]  idempotency key (ignored when ARGV[7] == '0')
+-- KEYS[5]  (held jobs only) the pool's joining set: job id -> ms its record was written,
+--          until admit.lua puts it in line (a worker sweeps ids left there by a dead producer)
 -- ARGV[1]  job id
 -- ARGV[2]  job spec (JSON)
 -- ARGV[3]  queue name
@@ -25,6 +27,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 local delay = tonumber(ARGV[6])
 if delay < 0 then
   -- held for the pool's wait line (admit.lua enqueues the message when room exists)
+  if KEYS[5] then redis.call('ZADD', KEYS[5], math.floor(now * 1000), ARGV[1]) end
 elseif delay > 0 then
   redis.call('ZADD', KEYS[3], now * 1000 + delay, ARGV[4])
 else
