@@ -78,6 +78,13 @@ def _load_encoder() -> Callable[[str], int] | None:
         return _encoder
 
 
+def warm_up_in_background() -> None:
+    """Load the encoding in a daemon thread (about 0.25 s of CPU), so that a producer's first
+    job does not wait for it; a caller that comes first waits on the same lock."""
+    if not _encoder_checked:
+        threading.Thread(target=_load_encoder, daemon=True, name="tokenizer-warm-up").start()
+
+
 def exact_available() -> bool:
     """Whether the bundled cl100k encoding is installed (else the calibrated estimate is used)."""
     return _load_encoder() is not None

@@ -38,6 +38,7 @@ from router_jobs.settings import Settings
 from router_jobs.streaming.events import StreamEvent
 from router_jobs.streaming.log import EventLog
 from router_jobs.streaming.read import iter_events
+from router_jobs.tokens import warm_up_in_background
 
 JobRef = JobHandle | str
 
@@ -171,6 +172,7 @@ class Router:
                        budget=redis_budget)
         self._file_models: tuple[float, dict[str, set[str]]] | None = None
         self.scheduler = Scheduler.from_settings(self.pool, settings)
+        warm_up_in_background()  # every submit estimates the job's tokens
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Router:

@@ -27,7 +27,7 @@ from router_jobs.providers.base import KeyCredentials
 from router_jobs.secrets.redaction import install_log_redaction
 from router_jobs.secrets.stores import build_secret_store
 from router_jobs.streaming.log import EventLog
-from router_jobs.tokens import estimate_tokens
+from router_jobs.tokens import estimate_tokens, exact_available
 from router_jobs.worker.endings import JobEndings
 from router_jobs.worker.executor import Executor
 from router_jobs.worker.middleware import install_worker_metrics
@@ -101,6 +101,7 @@ def warm_up() -> None:
     """Build the executor and load every configured provider's SDK before the first job, so
     that the first call a worker makes costs what any other call costs."""
     ex = executor()
+    exact_available()  # every job's tokens are estimated: load the encoding now, not in the first job
     if not isinstance(ex.pool, RedisKeyPool):
         return
     log = logging.getLogger("router_jobs.worker")
