@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import redis
 from pydantic import ValidationError
 
-from router_jobs.capacity.scheduler import Demand, Scheduler
+from router_jobs.capacity.scheduler import Demand, Scheduler, _text
 from router_jobs.jobs.records import job_message
 from router_jobs.models import JobSpec
 from router_jobs.tokens import estimate_extra_tokens, estimate_tokens
@@ -34,10 +33,6 @@ def line_demand(job_id: str, spec: JobSpec, weights: Mapping[str, float] | None 
     tokens = estimate_tokens(spec.chat_messages(), spec.model) + estimate_extra_tokens(
         spec.tools, spec.output_format(), spec.model)
     return Demand.for_spec(job_id, queue, spec, tokens, job_message(job_id, queue), weights=weights)
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v or "")
 
 
 class JoiningSweeper:

@@ -72,21 +72,17 @@ if rec.t >= now then
 end
 remove_entries(rec, rid)
 local from = available_from(rec.k, spec)
-if from ~= nil and from <= now and rec.t < now and rec.lm
-    and redis.call('ZSCORE', KEYS[8], rec.lm) and moves_to_now(rec.k, spec, rec) then
-  -- late: the entries move to now in place, the concurrency slot stays this job's
-  drop_lease(rec)
-  take_lease(rec.k, spec, rec, rid)
-  rec.p = append(rec.k, spec, now, rid, rec.w)
-  rec.t = now
-  rec.s = 'g'
-  redis.call('HSET', KEYS[6], rid, cjson.encode(rec))
-  redis.call('ZADD', KEYS[7], now + spec.to + grace + keep, rid)
-  return {'g', rec.k, rec.m, rid, tostring(now), tostring(now)}
-end
+-- late, and the key usable now: the entries move to now in place when every window still
+-- fits (the concurrency slot held since admission stays this job's)
+local in_place = from ~= nil and from <= now and rec.t < now and rec.lm
+    and redis.call('ZSCORE', KEYS[8], rec.lm) and moves_to_now(rec.k, spec, rec)
 drop_lease(rec)
-local at, _, _, busy = key_fit(rec.k, spec, rec.w, 1)
-if at < 0 or busy or at > now + lead then return lost(rec, 'key ' .. rec.k .. ' has no room at call time') end
+local at = now
+if not in_place then
+  local why, head, busy
+  at, why, head, busy = key_fit(rec.k, spec, rec.w, 1)
+  if at < 0 or busy or at > now + lead then return lost(rec, 'key ' .. rec.k .. ' has no room at call time') end
+end
 rec.p = append(rec.k, spec, at, rid, rec.w)
 rec.t = at
 take_lease(rec.k, spec, rec, rid)
