@@ -249,3 +249,14 @@ def test_max_wait_keeps_waiting_for_the_preferred_model_when_room_comes_in_time(
     job_id = submitted(store, fallback_models=["m2"], max_wait=5)
     assert ex.run(job_id, "interactive", deferred.append) == "deferred"
     assert deferred == [2000] and [list(r.models) for r in pool.requests] == [["m1"]]
+
+
+def test_has_ended_does_not_count_an_ending_a_burial_made(store: JobStore) -> None:
+    """A crashing message is acknowledged rather than dead-lettered only when its job ended on
+    its own; an ending written by an earlier burial (whose dead-letter write then failed) must
+    still let the message reach the dead-letter stream."""
+    ex = make(store, MemoryPool({"m1": ["k1"]}), ScriptedAdapter(["the answer"]))
+    done, buried = submitted(store), submitted(store)
+    assert ex.run(done, "interactive", lambda ms: None) == "succeeded"
+    assert ex.abandon(buried, "interactive", "crashed", "started 3 times without an ack")
+    assert ex.has_ended(done) and not ex.has_ended(buried)

@@ -40,6 +40,10 @@ from router_jobs.secrets.stores import secret_fingerprint as _fingerprint
 from router_jobs.streaming.live import LiveAttempt, ending_event, waiting_event
 from router_jobs.streaming.log import EventLog
 from router_jobs.tokens import estimate_extra_tokens
+from router_jobs.worker.endings import ERROR_TYPES
+
+#: error types of the endings a burial (dead-lettering) writes
+BURIAL_ERROR_TYPES = frozenset(ERROR_TYPES.values())
 
 log = logging.getLogger("router_jobs.worker")
 
@@ -195,9 +199,12 @@ class Executor:
         return self._call(job, queue, decision, messages, defer)
 
     def has_ended(self, job_id: str) -> bool:
-        """Whether ``job_id``'s record shows an ending (succeeded, failed, cancelled, expired)."""
+        """Whether ``job_id``'s record shows an ending (succeeded, failed, cancelled, expired)
+        that :meth:`abandon` did not make: an ending of a burial whose dead-letter write then
+        failed must not pass for work that was done (its message is still to be dead-lettered)."""
         current = self.jobs.get(job_id)
-        return current is not None and current.status.terminal
+        return (current is not None and current.status.terminal
+                and current.error_type not in BURIAL_ERROR_TYPES)
 
     def abandon(self, job_id: str, queue: str, error_type: str, reason: str) -> bool:
         """End a job whose message leaves the broker for good (dead-lettered) as ``failed``
