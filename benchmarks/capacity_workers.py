@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ class CapacityRun:
     attempts_max: int = 0
     start_rate_per_s: float | None = None  # accepted requests per second, first to last arrival
     limit_notes: list[str] | None = None  # one line per 429: which side of the window ran off our stamps
+    #: bucket mode: the lowest level each key's bucket reached, replaying what the provider accepted
+    lowest_bucket_level: dict[str, float] | None = None
 
     @property
     def wall_over_minimum(self) -> float:
@@ -158,6 +161,20 @@ def _whole_second(t: float) -> int:
     return math.floor(t + 1e-9)
 
 
+def lowest_bucket_level(times: Sequence[float], capacity: float, interval_s: float) -> float:
+    """Replay arrival times against a bucket of ``capacity`` (full at the first arrival)
+    refilled one request per ``interval_s``; the lowest level left after an arrival (below 0:
+    the provider would have refused one; near 0: the key was used to its limit)."""
+    if not times:
+        return capacity
+    level, last, low = capacity, times[0], capacity
+    for t in times:
+        level = min(capacity, level + (t - last) / interval_s) - 1
+        last = t
+        low = min(low, level)
+    return low
+
+
 def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float = 60.0, jobs: int = 480,
               processes: int = 2, threads: int = 8, latency: float = 0.0,
               extra_env: dict[str, str] | None = None, mode: str = "rolling", burst: int = 0,
@@ -252,6 +269,10 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
                        if any(r.status == 429 for r in received) else [])
         windows = {k: server.max_in_window(k, window_s) for k in names}
         per_second = {k: max(server.per_second(k).values(), default=0) for k in names}
+        levels = None
+        if mode == "bucket":
+            levels = {k: lowest_bucket_level(sorted(r.arrived for r in received if r.key == k and r.status == 200),
+                                             limit, window_s / limit) for k in names}
         arrivals = sorted(r.arrived for r in received if r.status == 200)
         span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
         waits.sort()
@@ -268,6 +289,7 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             interactive_jobs=len(waits),
             attempts_max=max((r.attempts for r in results), default=0),
             start_rate_per_s=(len(arrivals) - 1) / span if span > 0 else None, limit_notes=limit_notes,
+            lowest_bucket_level=levels,
         )
     finally:
         router.close()

@@ -274,6 +274,19 @@ class FakeProviderServer:
         reset = max(0.001, (log[0][0] + limit.window - now) if log else limit.window)
         rem_r = max(0, (limit.requests or 10_000) - used_r)
         rem_t = max(0, (limit.tokens or 10_000_000) - used_t)
+        if limit.mode == "bucket":
+            # a bucket says what it holds now, and when it is full again (Anthropic's reset)
+            with self._lock:
+                cap_r, cap_t = float(limit.requests or 0), float(limit.tokens or 0)
+                level_r, level_t, at = self._buckets.get(key, (cap_r, cap_t, now))
+            dt = max(0.0, now - at)
+            if limit.requests:
+                level_r = min(cap_r, level_r + dt * cap_r / limit.window)
+                rem_r = max(0, int(level_r))
+                reset = max(0.001, (cap_r - level_r) * limit.window / cap_r)
+            if limit.tokens:
+                level_t = min(cap_t, level_t + dt * cap_t / limit.window)
+                rem_t = max(0, int(level_t))
         if self.provider == "openai":
             return {
                 "x-ratelimit-limit-requests": str(limit.requests or 10_000),

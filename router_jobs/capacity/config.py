@@ -62,10 +62,10 @@ class Enforcement(BaseModel):
 
     * ``rolling``: at most the limit in any 60 s window.
     * ``bucket``: a token bucket of ``capacity`` (default: the limit) refilled continuously at
-      limit/60 per second. Admission enforces it as a rolling window of capacity / refill
-      seconds holding ``capacity``: any interval of T seconds then holds at most
-      capacity + refill x T, which is exactly what such a bucket accepts, at its full
-      long-run rate.
+      limit/60 per second. Admission paces the request count as that bucket (GCRA: its
+      capacity less the margin at once, then one request per refill interval); token counts
+      as a rolling window of capacity / refill seconds holding ``capacity``, which such a
+      bucket always accepts.
     * ``quantized``: the minute's limit is also enforced per second, as ceil(limit / 60)
       (+ ``burst``) per second; admission adds that 1 s window.
 
@@ -101,10 +101,22 @@ class Limits(BaseModel):
     windows: list[Window] = Field(default_factory=list)
     enforcement: Enforcement | None = None
 
+    def enforcement_model(self, provider: str | None = None) -> Enforcement:
+        """The scope's enforcement model: given, else the provider's default, else rolling."""
+        return self.enforcement or Enforcement(mode=PROVIDER_ENFORCEMENT.get(provider or "", "rolling"))
+
+    def bucket_refill_s(self, provider: str | None = None) -> float | None:
+        """Under a bucket model, the longest time one request takes to refill (s), else None."""
+        if self.enforcement_model(provider).mode != "bucket":
+            return None
+        spans = [w.seconds / w.limit for w in self.all_windows() if w.unit == "requests" and w.seconds < 86400.0]
+        return max(spans) if spans else None
+
     def enforced_windows(self, provider: str | None = None) -> list[Window]:
-        """:meth:`all_windows` as admission paces them under the scope's enforcement model
-        (given, else the provider's default, else rolling)."""
-        enf = self.enforcement or Enforcement(mode=PROVIDER_ENFORCEMENT.get(provider or "", "rolling"))
+        """:meth:`all_windows` as admission paces them under the scope's enforcement model.
+        A bucket's window is capacity / refill seconds holding its capacity (admission paces
+        its request count as the bucket itself, see ``compile_limits``)."""
+        enf = self.enforcement_model(provider)
         out: list[Window] = []
         for w in self.all_windows():
             if w.seconds >= 86400.0 or enf.mode == "rolling":  # daily quotas are not paced

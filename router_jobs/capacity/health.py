@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import statistics
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -192,9 +193,16 @@ class KeyHealth:
                 target = booked if ts > now else used
                 for u in range(4):
                     target[u] += weights[u]
+            if len(row) > 5 and row[5] == 1 and row[1]:
+                # a bucket's request count: what it has still to refill (lua/bucketlib.lua's T)
+                sums = (self.client.hget(self.ks.pool_sums(self.pool), prefix) or b"").split()
+                tat = float(sums[5]) if len(sums) > 5 else 0.0
+                used[0] = min(row[1], math.ceil(max(0.0, tat - now) * row[1] / ms - 1e-9))
             for u, name in enumerate(_UNIT_NAMES):
                 if row[u + 1]:
                     out.append(
                         {"unit": name, "seconds": ms / 1000, "limit": row[u + 1], "used": used[u], "booked": booked[u]}
                     )
+                    if u == 0 and len(row) > 5 and row[5] == 1:
+                        out[-1]["mode"] = "bucket"
         return out

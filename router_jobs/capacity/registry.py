@@ -38,15 +38,19 @@ def compile_limits(limits: Limits, provider: str | None = None) -> list[list[int
     paced as the scope's enforcement model (or the provider's default) requires.
 
     Windows of equal length share one log; when two limits name the same unit and length,
-    the smaller wins.
+    the smaller wins. Under a bucket model each row but a daily one carries a sixth field,
+    1: its request count is a bucket of ``requests`` refilled over ``window_ms``, paced by
+    its theoretical arrival time (``lua/bucketlib.lua``) instead of by its log.
     """
+    bucket = limits.enforcement_model(provider).mode == "bucket"
     by_ms: dict[int, list[int]] = {}
     for w in limits.enforced_windows(provider):
         ms = int(round(w.seconds * 1000))
         row = by_ms.setdefault(ms, [ms, 0, 0, 0, 0])
         i = 1 + _UNITS.index(w.unit)
         row[i] = w.limit if row[i] == 0 else min(row[i], w.limit)
-    return [by_ms[ms] for ms in sorted(by_ms)]
+    rows = [by_ms[ms] for ms in sorted(by_ms)]
+    return [row + [1] if bucket and row[0] < 86_400_000 else row for row in rows]
 
 
 def key_spec(cfg: KeyConfig) -> dict[str, Any]:

@@ -36,8 +36,17 @@ local function log_fit(prefix, ms, lim, s, w, scale)
       end
     end
   end
-  if not need then return now end
   local at = now
+  local I, paced = bucket_of(lim, wmargin(ms))
+  if paced then
+    -- the request count of a bucket row: its theoretical arrival time alone decides
+    local tau = math.max(L[1] * I - wmargin(ms), w[1] * I)
+    local b = (s[6] or 0) + w[1] * I - tau
+    if b > at then at = math.ceil(b) end
+    L[1] = 0
+    if not token_need then return at end
+  end
+  if not need then return at end
   local lo = '[' .. prefix
   local cursor = '(' .. prefix .. '\255'
   if not token_need then
@@ -112,10 +121,12 @@ local function key_fit(kid, spec, w, scale)
       local f = log_fit(prefix, lim[1], lim, s, w, scale)
       if f < 0 then return -1, 'request larger than a limit of ' .. sc[1], 0, false end
       if f > at then at = f end
+      local I, paced = bucket_of(lim, wmargin(lim[1]))
       for u = 1, 4 do
         local l = lim[u + 1]
         if l > 0 then
           local h = (l - s[u] - w[u]) / l
+          if u == 1 and paced then h = (l - math.max(0, (s[6] or 0) - now) / I - w[1]) / l end
           if h < head then head = h end
         end
       end
@@ -154,6 +165,8 @@ local function append(kid, spec, at, rid, w)
       redis.call('ZADD', KEYS[4], 0, prefix .. pad(at) .. SEP .. rid .. SEP .. wstr(w))
       for u = 1, 4 do s[u] = s[u] + w[u] end
       if at > s[5] then s[5] = at end
+      local I = bucket_of(lim, 0)
+      if I then bucket_added(s, at, w[1], I) end
       write_sums(prefix, s)
       prefixes[#prefixes + 1] = prefix
     end
@@ -178,8 +191,16 @@ local function moves_to_now(kid, spec, rec)
       local lo = '(' .. prefix .. pad(lower) .. '\255'
       local hi = '(' .. prefix .. '\255'
       local tokens = lim[3] > 0 or lim[4] > 0 or lim[5] > 0
+      local I, paced = bucket_of(lim, wmargin(ms))
+      local requests = lim[2]
+      if paced then
+        -- a bucket row's request count: the arrival time alone (its entries are out already)
+        local s = read_sums(prefix)
+        if (s[6] or 0) + rec.w[1] * I - (requests * I - wmargin(ms)) > now then return false end
+        requests = 0
+      end
       if not tokens then
-        if lim[2] > 0 and redis.call('ZLEXCOUNT', KEYS[4], lo, hi) + rec.w[1] > lim[2] then return false end
+        if requests > 0 and redis.call('ZLEXCOUNT', KEYS[4], lo, hi) + rec.w[1] > requests then return false end
       else
         local acc = {rec.w[1], rec.w[2], rec.w[3], rec.w[4]}
         local batch = redis.call('ZRANGEBYLEX', KEYS[4], lo, hi, 'LIMIT', 0, 257)
@@ -189,7 +210,7 @@ local function moves_to_now(kid, spec, rec)
           for u = 1, 4 do acc[u] = acc[u] + ew[u] end
         end
         for u = 1, 4 do
-          if lim[u + 1] > 0 and acc[u] > lim[u + 1] then return false end
+          if lim[u + 1] > 0 and acc[u] > lim[u + 1] and not (u == 1 and paced) then return false end
         end
       end
     end
@@ -204,6 +225,7 @@ local function remove_entries(rec, rid)
     if redis.call('ZREM', KEYS[4], m) == 1 then
       local s = read_sums(prefix)
       for u = 1, 4 do s[u] = math.max(0, s[u] - rec.w[u]) end
+      bucket_taken_out(KEYS[4], prefix, s, rec.t, rec.w[1])
       write_sums(prefix, s)
     end
   end

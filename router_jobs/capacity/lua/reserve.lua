@@ -39,18 +39,25 @@ for i = 11, #ARGV do models[#models + 1] = ARGV[i] end
 -- has no room: entries are then appended in time order); -1: never (w > limit)
 local function log_fit(prefix, ms, lim, s, w)
   local need = false
+  local I, paced = bucket_of(lim, wmargin(ms))
   for u = 1, 4 do
     local l = lim[u + 1]
-    if l > 0 then
+    if l > 0 and not (u == 1 and paced) then
       if w[u] > l then return -1 end
       if s[u] + w[u] > l then need = true end
     end
   end
+  local at = now
+  if paced then
+    -- a bucket row's request count: its theoretical arrival time decides (bucketlib)
+    if w[1] > lim[2] then return -1 end
+    local b = (s[6] or 0) + w[1] * I - (lim[2] * I - wmargin(ms))
+    if b > at then at = math.ceil(b) end
+  end
   -- the live total (booked future entries included) leaves room: no window can hold more
   -- than the total, so the entry may go in now, even before booked slots (refunded room is
   -- usable at once)
-  if not need then return now end
-  local at = now
+  if not need then return at end
   if s[5] > at then at = s[5] end
   -- walk from the newest entry back: the entries that may stay in the window must leave
   -- room for w; the first one that does not fit must have left the window by then
@@ -64,6 +71,7 @@ local function log_fit(prefix, ms, lim, s, w)
       local ts, ew = parse_member(m, #prefix)
       for u = 1, 4 do
         local l = lim[u + 1]
+        if u == 1 and paced then l = 0 end
         if l > 0 and acc[u] + ew[u] + w[u] > l then
           local e = ts + ms + wmargin(ms)
           if e > at then at = e end
@@ -154,6 +162,8 @@ local function append(kid, spec, at)
       redis.call('ZADD', KEYS[4], 0, prefix .. pad(at) .. SEP .. rid .. SEP .. wstr(W))
       for u = 1, 4 do s[u] = s[u] + W[u] end
       if at > s[5] then s[5] = at end
+      local I = bucket_of(lim, 0)
+      if I then bucket_added(s, at, W[1], I) end
       write_sums(prefix, s)
       prefixes[#prefixes + 1] = prefix
     end
@@ -167,6 +177,7 @@ local function remove_entries(rec)
     if redis.call('ZREM', KEYS[4], m) == 1 then
       local s = read_sums(prefix)
       for u = 1, 4 do s[u] = math.max(0, s[u] - rec.w[u]) end
+      bucket_taken_out(KEYS[4], prefix, s, rec.t, rec.w[1])
       write_sums(prefix, s)
     end
   end

@@ -36,6 +36,8 @@ if rec.s == 'd' then return 0 end
 local function pad(ms) return string.format('%015d', ms) end
 local function wstr(w) return w[1] .. ',' .. w[2] .. ',' .. w[3] .. ',' .. w[4] end
 
+--@include bucketlib
+
 -- move each window entry of the record from rec.t to ts with weights neww (nil: drop it),
 -- keeping the running sums; an entry already trimmed is written again when ts is later
 local function restamp(ts, neww)
@@ -43,20 +45,23 @@ local function restamp(ts, neww)
     local old = prefix .. pad(rec.t) .. SEP .. rid .. SEP .. wstr(rec.w)
     local present = redis.call('ZREM', KEYS[2], old) == 1
     if present or (neww and ts > rec.t) then
-      local s = {0, 0, 0, 0, 0}
-      local sraw = redis.call('HGET', KEYS[3], prefix)
-      if sraw then
-        local j = 1
-        for v in string.gmatch(sraw, '%S+') do s[j] = tonumber(v); j = j + 1 end
-      end
+      local s = bucket_sums(redis.call('HGET', KEYS[3], prefix))
       if present then for u = 1, 4 do s[u] = s[u] - rec.w[u] end end
       if neww then
         redis.call('ZADD', KEYS[2], 0, prefix .. pad(ts) .. SEP .. rid .. SEP .. wstr(neww))
         for u = 1, 4 do s[u] = s[u] + neww[u] end
         if ts > s[5] then s[5] = ts end
       end
+      -- a bucket row's arrival time follows (bucketlib): the request weight never changes
+      if s[7] then
+        if not neww then
+          bucket_taken_out(KEYS[2], prefix, s, rec.t, rec.w[1])
+        elseif ts > rec.t then
+          bucket_moved_later(KEYS[2], prefix, s, rec.t, ts, neww[1])
+        end
+      end
       for u = 1, 4 do if s[u] < 0 then s[u] = 0 end end
-      redis.call('HSET', KEYS[3], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
+      redis.call('HSET', KEYS[3], prefix, bucket_sums_text(s))
     end
   end
   rec.t = ts

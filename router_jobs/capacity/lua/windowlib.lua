@@ -8,6 +8,8 @@
 
 local SEP = '\31'
 
+--@include bucketlib
+
 local function pad(ms) return string.format('%015d', ms) end
 
 local function wstr(w) return w[1] .. ',' .. w[2] .. ',' .. w[3] .. ',' .. w[4] end
@@ -18,18 +20,13 @@ local function parse_member(m, plen)
   return ts, {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
 end
 
+-- "r t i o last" per row, and for a bucket row " T I" (bucketlib)
 local function read_sums(prefix)
-  local raw = redis.call('HGET', KEYS[5], prefix)
-  local s = {0, 0, 0, 0, 0}
-  if raw then
-    local i = 1
-    for v in string.gmatch(raw, '%S+') do s[i] = tonumber(v); i = i + 1 end
-  end
-  return s
+  return bucket_sums(redis.call('HGET', KEYS[5], prefix))
 end
 
 local function write_sums(prefix, s)
-  redis.call('HSET', KEYS[5], prefix, s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5])
+  redis.call('HSET', KEYS[5], prefix, bucket_sums_text(s))
 end
 
 -- housekeeping: expired concurrency leases and old reservation records, a few per call

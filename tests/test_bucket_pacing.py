@@ -1,0 +1,166 @@
+"""A key the provider enforces as a token bucket is paced as that bucket (lua/bucketlib.lua):
+its capacity at once, then one request per refill interval, never more than the bucket holds
+less the margin, whatever order entries are added, moved or taken out in. Real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from router_jobs.backend.schema import RedisSchema
+from router_jobs.capacity.config import parse_keys
+from router_jobs.capacity.pool import Grant, ReserveRequest
+from router_jobs.capacity.redis_pool import RedisKeyPool
+from router_jobs.capacity.registry import compile_limits
+from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
+from router_jobs.providers.base import RateLimitInfo
+
+SEP = "\x1f"
+
+
+def bucket_key(key_id: str = "k0", limit: int = 10, seconds: float = 2.0, **extra: object) -> dict:
+    return {"key_id": key_id, "model_name": "m", "provider": "fake", "windows": [{"limit": limit, "seconds": seconds}],
+            "enforcement": {"mode": "bucket"}, **extra}
+
+
+def make(r: redis.Redis, ns: str, keys: list[dict], *, margin_ms: int = 20, lead_ms: int = 250) -> Scheduler:
+    pool = RedisKeyPool(r, RedisSchema(ns), parse_keys({"keys": keys}), margin_ms=margin_ms)
+    return Scheduler(pool, interactive_share=0.0, lead_ms=lead_ms)
+
+
+def demand(job_id: str) -> Demand:
+    return Demand(job_id=job_id, queue="batch", models=["m"], input_tokens=10, max_output_tokens=10,
+                  message=f"msg-{job_id}".encode(), fairness_key="-")
+
+
+def stamps(r: redis.Redis, ns: str, key_id: str = "k0", ms: int = 2000) -> list[int]:
+    prefix = f"k:{key_id}{SEP}{ms}{SEP}"
+    members = r.zrangebylex(RedisSchema(ns).pool_log("default"), "[" + prefix, "(" + prefix + "\xff")
+    return sorted(int(m.decode()[len(prefix):len(prefix) + 15]) for m in members)
+
+
+def lowest_level(times: list[int], capacity: float, interval_ms: float) -> float:
+    """Replay stamps against a bucket of ``capacity`` (full at the first) refilled one request
+    per ``interval_ms``; the lowest level it reaches (below 0: it would have refused one)."""
+    level, last, low = capacity, times[0], capacity
+    for t in times:
+        level = min(capacity, level + (t - last) / interval_ms) - 1
+        last = t
+        low = min(low, level)
+    return low
+
+
+def test_bucket_rows_are_marked_and_daily_rows_are_not() -> None:
+    cfg = parse_keys({"keys": [bucket_key(rpd=1000)]}).keys[0]
+    assert compile_limits(cfg, cfg.provider) == [[2000, 10, 0, 0, 0, 1], [86_400_000, 1000, 0, 0, 0]]
+    rolling = parse_keys({"keys": [{**bucket_key(), "enforcement": {"mode": "rolling"}}]}).keys[0]
+    assert compile_limits(rolling, rolling.provider) == [[2000, 10, 0, 0, 0]]
+    # the provider's default model: Anthropic enforces a bucket
+    anth = parse_keys({"keys": [{"key_id": "a", "model_name": "m", "provider": "anthropic", "rpm": 50}]}).keys[0]
+    assert compile_limits(anth, anth.provider) == [[60_000, 50, 0, 0, 0, 1]]
+    assert anth.bucket_refill_s(anth.provider) == pytest.approx(1.2)
+
+
+def test_the_capacity_goes_at_once_then_one_request_per_refill(r: redis.Redis, namespace: str) -> None:
+    # 10 per 2 s: a refill every 200 ms; admitted ahead up to 5 s, so the script alone places them
+    s = make(r, namespace, [bucket_key()], lead_ms=5000)
+    out = s.enqueue([demand(f"j{i}") for i in range(40)])
+    assert out.admitted > 0
+    t = stamps(r, namespace)
+    t0 = t[0]
+    rel = [x - t0 for x in t]
+    # 10 - 20 ms / 200 ms = 9.9 requests at once: 9 at the first moment, then the refill
+    assert rel[:9] == [0] * 9
+    assert all(b - a >= 199 for a, b in zip(rel[9:], rel[10:], strict=False))
+    assert all(b - a <= 201 for a, b in zip(rel[9:], rel[10:], strict=False))
+    # within 5 s: 9 + about 25 refills; a rolling window of 10 per 2 s would have placed 30
+    # only by 4.04 s and no more before 6.06 s
+    assert len([x for x in rel if x <= 4000]) >= 28
+    # never more than the bucket (less the margin) would take
+    assert lowest_level(t, 10 - 20 / 200, 200) >= -1e-6
+    assert lowest_level(t, 10, 200) >= 0.09
+
+
+def test_taking_out_and_moving_entries_keeps_every_stamp_in_the_bucket(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, [bucket_key()], lead_ms=3000)
+    s.enqueue([demand(f"j{i}") for i in range(30)])
+    # cancel a few admitted-ahead jobs (their room comes back) and claim others late
+    s.remove(["j3", "j12", "j20"])
+    for i in (0, 1, 2, 4):
+        g = s.claim(f"j{i}")
+        assert g is not None and not isinstance(g, (Refused, Lost))
+        s.pool.sent(g)
+    for _ in range(20):
+        s.admit(force=True)
+    t = stamps(r, namespace)
+    assert lowest_level(t, 10 - 20 / 200, 200) >= -1e-6
+
+
+def test_many_threads_and_two_pools_keep_the_bucket(r: redis.Redis, namespace: str) -> None:
+    keys = [bucket_key(limit=20, seconds=2.0)]
+    scheds = [make(r, namespace, keys, lead_ms=400) for _ in range(2)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        s = scheds[n % 2]
+        i = 0
+        try:
+            while not stop.is_set():
+                out = s.enqueue([demand(f"w{n}-{i}")])
+                i += 1
+                if out.admitted:
+                    g = s.claim(f"w{n}-{i - 1}")
+                    if g is not None and not isinstance(g, (Refused, Lost)):
+                        s.pool.sent(g)
+                s.admit()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
+    for th in threads:
+        th.start()
+    stop.wait(1.5)  # shorter than the log keeps entries (2 s + margin): every stamp is read back
+    stop.set()
+    for th in threads:
+        th.join()
+    assert not errors
+    t = stamps(r, namespace)
+    assert len(t) >= 30  # the bucket's 19.8 at once and its refill (10 per second) were used
+    assert lowest_level(t, 20 - 20 / 100, 100) >= -1e-6
+
+
+def test_a_bucket_saying_0_requests_left_does_not_hold_the_key(r: redis.Redis, namespace: str) -> None:
+    # the paced bucket runs near empty by design; its reset is when it is full again
+    s = make(r, namespace, [bucket_key("b"), {**bucket_key("w"), "enforcement": {"mode": "rolling"}}])
+    pool = s.pool
+    for kid in ("b", "w"):
+        g = Grant(key_id=kid, provider="fake", model="m", reservation_id=f"r-{kid}", input_tokens=1, output_tokens=1)
+        pool.report_success(g, latency=0.1, rate_limit=RateLimitInfo(remaining_requests=0,
+                                                                      reset_requests_at=time.time() + 60))
+    assert pool.key_status("b")["state"] == "active"
+    assert pool.key_status("w")["state"] != "active"  # a rolling window's 0 left holds it to the reset
+    # a bucket's tokens at 0 still hold it
+    g = Grant(key_id="b", provider="fake", model="m", reservation_id="r-b2", input_tokens=1, output_tokens=1)
+    pool.report_success(g, latency=0.1, rate_limit=RateLimitInfo(remaining_requests=0, remaining_tokens=0,
+                                                                  reset_tokens_at=time.time() + 60))
+    assert pool.key_status("b")["state"] != "active"
+
+
+def test_booked_reservations_and_the_keys_view_follow_the_bucket(r: redis.Redis, namespace: str) -> None:
+    s = make(r, namespace, [bucket_key(limit=5, seconds=1.0)])
+    pool = s.pool
+    got = [pool.reserve(ReserveRequest(models=["m"], input_tokens=1, max_output_tokens=1, reservation_id=f"q{i}"))
+           for i in range(8)]
+    granted = [g for g in got if isinstance(g, Grant)]
+    # 5 - 20 ms / 200 ms: 4 at once, the rest booked one refill (200 ms) apart
+    assert len(granted) == 4
+    row = pool.key_status("k0")["limits"][0]
+    assert row["mode"] == "bucket" and row["limit"] == 5 and 4 <= row["used"] <= 5
+    t = stamps(r, namespace, ms=1000)
+    assert len(t) == 8
+    assert lowest_level(t, 5 - 20 / 200, 200) >= -1e-6
+    assert t[-1] - t[0] <= 4 * 200 + 30  # booked at the refill, not a window later
