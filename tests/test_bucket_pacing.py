@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from router_jobs.capacity.pool import Grant, ReserveRequest
 from router_jobs.capacity.redis_pool import RedisKeyPool
 from router_jobs.capacity.registry import compile_limits
 from router_jobs.capacity.scheduler import Demand, Lost, Refused, Scheduler
+from router_jobs.models import Usage
 from router_jobs.providers.base import RateLimitInfo
 
 SEP = "\x1f"
@@ -164,3 +166,69 @@ def test_booked_reservations_and_the_keys_view_follow_the_bucket(r: redis.Redis,
     assert len(t) == 8
     assert lowest_level(t, 5 - 20 / 200, 200) >= -1e-6
     assert t[-1] - t[0] <= 4 * 200 + 30  # booked at the refill, not a window later
+
+
+def test_random_admissions_cancels_late_claims_and_sends_keep_every_stamp_in_the_bucket(
+        r: redis.Redis, namespace: str) -> None:
+    """Many threads of two schedulers run every operation that adds, takes out or moves a bucket
+    row's entries, in random order and at random moments; replaying the stamps left in the log
+    afterwards, no moment ever held more than the bucket (less the margin) allows."""
+    import random
+
+    keys = [bucket_key(limit=20, seconds=10.0)]  # a refill every 500 ms; the log keeps 10 s
+    scheds = [make(r, namespace, keys, lead_ms=1500) for _ in range(2)]
+    ops: Counter[str] = Counter()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        s = scheds[n % 2]
+        admitted: list[str] = []
+        granted: list[Grant] = []
+        i = 0
+        try:
+            while not stop.is_set():
+                roll = rng.random()
+                if roll < 0.35:
+                    job = f"w{n}-{i}"
+                    i += 1
+                    s.enqueue([demand(job)])  # admitted now or later by some admission step
+                    admitted.append(job)
+                    ops["enqueue"] += 1
+                elif roll < 0.5 and admitted:
+                    s.remove([admitted.pop(rng.randrange(len(admitted)))])
+                    ops["remove"] += 1
+                elif roll < 0.75 and admitted:
+                    job = admitted[rng.randrange(len(admitted))]
+                    g = s.claim(job)
+                    if isinstance(g, Grant):
+                        admitted.remove(job)
+                        granted.append(g)
+                        ops["claim"] += 1
+                elif roll < 0.9 and granted:
+                    g = granted.pop(rng.randrange(len(granted)))
+                    if rng.random() < 0.5:
+                        s.pool.sent(g)
+                    usage = Usage(input_tokens=5, output_tokens=3) if rng.random() < 0.5 else None
+                    s.pool.settle(g, usage, sent_ago_ms=rng.choice([None, 0, 30]))
+                    ops["settle"] += 1
+                else:
+                    s.admit(force=True)
+                    ops["admit"] += 1
+                time.sleep(rng.random() * 0.04)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for th in threads:
+        th.start()
+    stop.wait(4.0)
+    stop.set()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert min(ops.values()) > 5 and len(ops) == 5, ops  # every kind of operation ran
+    t = stamps(r, namespace, ms=10_000)
+    assert len(t) >= 25  # 19.x at once and the refill over 4 s
+    assert lowest_level(t, 20 - 20 / 500, 500) >= -1e-6
