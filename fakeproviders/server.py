@@ -274,6 +274,7 @@ class FakeProviderServer:
         reset = max(0.001, (log[0][0] + limit.window - now) if log else limit.window)
         rem_r = max(0, (limit.requests or 10_000) - used_r)
         rem_t = max(0, (limit.tokens or 10_000_000) - used_t)
+        reset_t = reset
         if limit.mode == "bucket":
             # a bucket says what it holds now, and when it is full again (Anthropic's reset)
             with self._lock:
@@ -287,6 +288,7 @@ class FakeProviderServer:
             if limit.tokens:
                 level_t = min(cap_t, level_t + dt * cap_t / limit.window)
                 rem_t = max(0, int(level_t))
+                reset_t = max(0.001, (cap_t - level_t) * limit.window / cap_t)
         if self.provider == "openai":
             return {
                 "x-ratelimit-limit-requests": str(limit.requests or 10_000),
@@ -294,7 +296,7 @@ class FakeProviderServer:
                 "x-ratelimit-reset-requests": wire.go_duration(reset),
                 "x-ratelimit-limit-tokens": str(limit.tokens or 10_000_000),
                 "x-ratelimit-remaining-tokens": str(rem_t),
-                "x-ratelimit-reset-tokens": wire.go_duration(reset),
+                "x-ratelimit-reset-tokens": wire.go_duration(reset_t),
             }
         if self.provider == "anthropic":
             at = wire.rfc3339(time.time() + reset)
@@ -304,7 +306,7 @@ class FakeProviderServer:
                 "anthropic-ratelimit-requests-reset": at,
                 "anthropic-ratelimit-tokens-limit": str(limit.tokens or 10_000_000),
                 "anthropic-ratelimit-tokens-remaining": str(rem_t),
-                "anthropic-ratelimit-tokens-reset": at,
+                "anthropic-ratelimit-tokens-reset": wire.rfc3339(time.time() + reset_t),
             }
         return {}
 

@@ -44,6 +44,20 @@ def stamps(r: redis.Redis, ns: str, key_id: str = "k0", ms: int = 2000) -> list[
     return sorted(int(m.decode()[len(prefix):len(prefix) + 15]) for m in members)
 
 
+def stored_tat(r: redis.Redis, ns: str, key_id: str = "k0", ms: int = 2000) -> float:
+    raw = r.hget(RedisSchema(ns).pool_sums("default"), f"k:{key_id}{SEP}{ms}{SEP}")
+    assert raw is not None
+    return float(raw.split()[5])
+
+
+def exact_tat(times: list[int], interval_ms: float) -> float:
+    """The GCRA state of these stamps taken in order (what bucketlib's T must never be below)."""
+    tat = float("-inf")
+    for t in sorted(times):
+        tat = max(tat, t) + interval_ms
+    return tat
+
+
 def lowest_level(times: list[int], capacity: float, interval_ms: float) -> float:
     """Replay stamps against a bucket of ``capacity`` (full at the first) refilled one request
     per ``interval_ms``; the lowest level it reaches (below 0: it would have refused one)."""
@@ -176,7 +190,8 @@ def test_random_admissions_cancels_late_claims_and_sends_keep_every_stamp_in_the
     import random
 
     keys = [bucket_key(limit=20, seconds=10.0)]  # a refill every 500 ms; the log keeps 10 s
-    scheds = [make(r, namespace, keys, lead_ms=1500) for _ in range(2)]
+    # a margin of 100 ms: a thread that starts its call up to that late still fits
+    scheds = [make(r, namespace, keys, lead_ms=1500, margin_ms=100) for _ in range(2)]
     ops: Counter[str] = Counter()
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -203,15 +218,18 @@ def test_random_admissions_cancels_late_claims_and_sends_keep_every_stamp_in_the
                     job = admitted[rng.randrange(len(admitted))]
                     g = s.claim(job)
                     if isinstance(g, Grant):
+                        # as a worker does: the call starts at its stamp and says when it left
+                        # (a late claim moved or re-fitted its entries; a send after the stamp
+                        # moves them to it)
                         admitted.remove(job)
+                        time.sleep(g.delay_s)
+                        s.pool.sent(g)
                         granted.append(g)
                         ops["claim"] += 1
                 elif roll < 0.9 and granted:
                     g = granted.pop(rng.randrange(len(granted)))
-                    if rng.random() < 0.5:
-                        s.pool.sent(g)
                     usage = Usage(input_tokens=5, output_tokens=3) if rng.random() < 0.5 else None
-                    s.pool.settle(g, usage, sent_ago_ms=rng.choice([None, 0, 30]))
+                    s.pool.settle(g, usage, sent_ago_ms=10**7)  # left long ago: its stamp stands
                     ops["settle"] += 1
                 else:
                     s.admit(force=True)
@@ -231,4 +249,40 @@ def test_random_admissions_cancels_late_claims_and_sends_keep_every_stamp_in_the
     assert min(ops.values()) > 5 and len(ops) == 5, ops  # every kind of operation ran
     t = stamps(r, namespace, ms=10_000)
     assert len(t) >= 25  # 19.x at once and the refill over 4 s
-    assert lowest_level(t, 20 - 20 / 500, 500) >= -1e-6
+    # the provider's bucket (arrivals up to the margin after the stamps) never overflowed
+    assert lowest_level(t, 20, 500) >= 0
+    # and the row's arrival time is still a bound on the exact state of what is in its log
+    assert stored_tat(r, namespace, ms=10_000) >= exact_tat(t, 500) - 0.01
+
+
+def test_a_row_that_becomes_a_bucket_starts_from_its_log_not_from_a_full_bucket(
+        r: redis.Redis, namespace: str) -> None:
+    # the same key paced as a rolling window first (an older version, or the keys file said so)
+    rolling = {**bucket_key(), "enforcement": {"mode": "rolling"}}
+    s = make(r, namespace, [rolling], lead_ms=0)
+    assert s.enqueue([demand(f"a{i}") for i in range(10)]).admitted == 10
+    # now the provider's bucket model: the 10 already sent drained the bucket; no new burst
+    s2 = make(r, namespace, [bucket_key()], lead_ms=0)
+    s2.pool.load(parse_keys({"keys": [bucket_key()]}))  # the registry is replaced (an edit)
+    got = s2.pool.reserve(ReserveRequest(reservation_id="x", models=["m"], input_tokens=1, max_output_tokens=1))
+    assert not isinstance(got, Grant)
+    t = stamps(r, namespace)
+    assert len(t) == 11 and stored_tat(r, namespace) >= t[9] + 10 * 200 + 200
+    assert s2.enqueue([demand(f"b{i}") for i in range(5)]).admitted == 0
+
+
+def test_taking_out_an_entry_with_hundreds_stamped_after_it_keeps_a_bound(r: redis.Redis, namespace: str) -> None:
+    # 2,000 per 2 s (a refill every ms), 700 admitted ahead: the walk stops at 512 and counts
+    s = make(r, namespace, [bucket_key(limit=2000, seconds=2.0)], lead_ms=5000)
+    s.enqueue([demand(f"j{i}") for i in range(2700)])
+    for _ in range(20):  # each step admits at most 256
+        if len(stamps(r, namespace)) == 2700:
+            break
+        s.admit(force=True)
+    before = stored_tat(r, namespace)
+    s.remove(["j0", "j5", "j1999"])
+    t = stamps(r, namespace)
+    assert len(t) == 2697
+    after = stored_tat(r, namespace)
+    assert exact_tat(t, 1.0) - 0.01 <= after <= before
+    assert lowest_level(t, 2000 - 20, 1.0) >= -1e-6

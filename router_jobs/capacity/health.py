@@ -193,16 +193,19 @@ class KeyHealth:
                 target = booked if ts > now else used
                 for u in range(4):
                     target[u] += weights[u]
-            if len(row) > 5 and row[5] == 1 and row[1]:
-                # a bucket's request count: what it has still to refill (lua/bucketlib.lua's T)
+            paced = len(row) > 5 and row[5] == 1 and row[1] > 1 and (row[1] - 1) * ms / row[1] >= self.margin_ms
+            if paced:
+                # a bucket's request count: what it has still to refill (lua/bucketlib.lua's T),
+                # less the admissions booked ahead (shown as booked)
                 sums = (self.client.hget(self.ks.pool_sums(self.pool), prefix) or b"").split()
                 tat = float(sums[5]) if len(sums) > 5 else 0.0
-                used[0] = min(row[1], math.ceil(max(0.0, tat - now) * row[1] / ms - 1e-9))
+                owed = math.ceil(max(0.0, tat - now) * row[1] / ms - 1e-9)
+                used[0] = max(0, min(row[1], owed - booked[0]))
             for u, name in enumerate(_UNIT_NAMES):
                 if row[u + 1]:
                     out.append(
                         {"unit": name, "seconds": ms / 1000, "limit": row[u + 1], "used": used[u], "booked": booked[u]}
                     )
-                    if u == 0 and len(row) > 5 and row[5] == 1:
+                    if u == 0 and paced:
                         out[-1]["mode"] = "bucket"
         return out

@@ -8,8 +8,11 @@
 -- which has no spec, can keep T true). T is the classic GCRA state: a request of weight w may
 -- be stamped at t when max(T, t) + w*I - t <= tau, and then T = max(T, t) + w*I; tau is the
 -- bucket's capacity in ms (row[2] * I, or a batch class's scaled share of it) less the
--- window's margin, so stamps that conform to a bucket smaller by margin/I requests still
+-- pool's margin, so stamps that conform to a bucket smaller by margin/I requests still
 -- conform to the provider's bucket when each arrives up to the margin after its stamp.
+-- (The whole margin, not the share of a short window a rolling log keeps: for a bucket it
+-- costs only margin/I requests of the first burst.) A request sent later than that after
+-- its stamp is moved to its real send (settle's 'sent'), which T then follows.
 --
 -- T is kept as an upper bound on the exact state of the live entries taken in stamp order,
 -- which is what keeps every stamp conforming when entries are added out of order (admitted
@@ -18,15 +21,16 @@
 -- * appending at t: max(T, t) + w*I bounds it whatever t is;
 -- * taking out an entry stamped t0: the terms of entries up to t0 drop by w*I and later ones
 --   are unchanged, so max(T - w*I, later terms) bounds it (later terms: a walk over the
---   entries stamped after t0, usually few; more than 512 and T is kept, which is safe);
+--   entries stamped after t0, usually few; past 512 the rest are bounded by a count);
 -- * moving an entry later (a request stamped again when it really left): the terms up to its
 --   old stamp are unchanged, so max(T, the new terms after it) bounds it.
 
 local BUCKET_WALK = 512
 
 -- the max over the live entries of `prefix` stamped after t0 of ts + I x (request weight
--- from that entry to the newest); -1e18 when there are none; nil when there are more than
--- BUCKET_WALK of them
+-- from that entry to the newest); -1e18 when there are none. Past BUCKET_WALK entries the
+-- ones not walked (stamped no later than the last one walked, each weighing at most one
+-- request) are bounded by that stamp + I x the count of every entry after t0.
 local function bucket_after(logkey, prefix, t0, I)
   local best = -1e18
   local rank = 0
@@ -35,15 +39,21 @@ local function bucket_after(logkey, prefix, t0, I)
   local cursor = '(' .. prefix .. '\255'
   while true do
     local batch = redis.call('ZREVRANGEBYLEX', logkey, cursor, lo, 'LIMIT', 0, 128)
+    local ts = nil
     for _, m in ipairs(batch) do
-      local ts = tonumber(string.sub(m, #prefix + 1, #prefix + 15))
+      ts = tonumber(string.sub(m, #prefix + 1, #prefix + 15))
       rank = rank + tonumber(string.match(m, '(%d+),%d+,%d+,%d+$'))
       local v = ts + rank * I
       if v > best then best = v end
     end
     seen = seen + #batch
     if #batch < 128 then return best end
-    if seen >= BUCKET_WALK then return nil end
+    if seen >= BUCKET_WALK then
+      local all = redis.call('ZLEXCOUNT', logkey, lo, '(' .. prefix .. '\255')
+      local v = ts + all * I
+      if v > best then best = v end
+      return best
+    end
     cursor = '(' .. batch[#batch]
   end
 end
@@ -52,30 +62,24 @@ end
 local function bucket_taken_out(logkey, prefix, s, t0, w1)
   if not s[7] or s[7] <= 0 or w1 == 0 then return end
   local later = bucket_after(logkey, prefix, t0, s[7])
-  if later == nil then return end
   local t = s[6] - w1 * s[7]
   if later > t then t = later end
   s[6] = t
 end
 
--- T after an entry stamped t0 moved to t1 > t0 (already in the log there)
-local function bucket_moved_later(logkey, prefix, s, t0, t1, w1)
+-- T after an entry stamped t0 moved to a later stamp (already in the log there)
+local function bucket_moved_later(logkey, prefix, s, t0, w1)
   if not s[7] or s[7] <= 0 or w1 == 0 then return end
   local later = bucket_after(logkey, prefix, t0, s[7])
-  if later == nil then
-    -- too many entries to walk: keeping the old entry's share and adding a new arrival at
-    -- t1 bounds it
-    later = math.max(s[6], t1) + w1 * s[7]
-  end
   if later > s[6] then s[6] = later end
 end
 
 -- T after a new entry of request weight w1 stamped t (any order)
-local function bucket_added(s, t, w1, I)
-  s[7] = I
+local function bucket_added(s, t, w1)
+  if not s[7] then return end
   local base = s[6] or 0
   if t > base then base = t end
-  s[6] = base + w1 * I
+  s[6] = base + w1 * s[7]
 end
 
 -- a row's sums "r t i o last[ T I]" as numbers, and back
@@ -88,17 +92,46 @@ local function bucket_sums(raw)
   return s
 end
 
+-- (T and I rounded up: a bound stays a bound)
 local function bucket_sums_text(s)
   local text = s[1] .. ' ' .. s[2] .. ' ' .. s[3] .. ' ' .. s[4] .. ' ' .. s[5]
-  if s[7] then text = text .. ' ' .. string.format('%.3f %.6f', s[6] or 0, s[7]) end
+  if s[7] then
+    text = text .. ' ' .. string.format('%.3f %.6f', math.ceil((s[6] or 0) * 1000) / 1000,
+                                        math.ceil(s[7] * 1e6) / 1e6)
+  end
   return text
 end
 
 -- for a bucket row: its refill interval I (ms per request), and whether the bucket is large
--- enough to pace as one (a capacity that the margin would leave under one request is paced
--- as a rolling window of capacity per refill time instead, which a bucket always accepts)
+-- enough to pace as one with the pool's margin m (a capacity that the margin would leave
+-- under one request is paced as a rolling window of capacity per refill time instead,
+-- which a bucket always accepts)
 local function bucket_of(lim, m)
   if lim[6] ~= 1 or lim[2] <= 0 then return nil end
   local I = lim[1] / lim[2]
   return I, (lim[2] - 1) * I >= m
+end
+
+-- make a row's T true for its spec before it is used (s: its sums, trimmed; now: server
+-- time); true when s changed. A row that was not a bucket row (a keys file that named
+-- another model, or an older version) has entries T never saw: its bucket is taken as empty
+-- at its newest stamp. A refill interval that changed rescales the time T is ahead of now.
+-- A row that is no longer a bucket row forgets T, so that a later change back starts again.
+local function bucket_prepare(s, lim, now)
+  local I = bucket_of(lim, 0)
+  if not I then
+    if s[7] then s[6] = nil; s[7] = nil; return true end
+    return false
+  end
+  if not s[7] then
+    s[6] = (s[1] > 0) and (math.max(now, s[5]) + lim[2] * I) or 0
+    s[7] = I
+    return true
+  end
+  if math.abs(s[7] - I) > 1e-6 then
+    s[6] = now + math.max(0, (s[6] or 0) - now) * I / s[7]
+    s[7] = I
+    return true
+  end
+  return false
 end

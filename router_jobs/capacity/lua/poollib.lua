@@ -37,10 +37,10 @@ local function log_fit(prefix, ms, lim, s, w, scale)
     end
   end
   local at = now
-  local I, paced = bucket_of(lim, wmargin(ms))
+  local I, paced = bucket_of(lim, margin)
   if paced then
     -- the request count of a bucket row: its theoretical arrival time alone decides
-    local tau = math.max(L[1] * I - wmargin(ms), w[1] * I)
+    local tau = math.max(L[1] * I - margin, w[1] * I)
     local b = (s[6] or 0) + w[1] * I - tau
     if b > at then at = math.ceil(b) end
     L[1] = 0
@@ -117,11 +117,11 @@ local function key_fit(kid, spec, w, scale)
   for _, sc in ipairs(scopes(kid, spec)) do
     for _, lim in ipairs(sc[2]) do
       local prefix = sc[1] .. SEP .. lim[1] .. SEP
-      local s = trim(prefix, lim[1])
+      local s = trim(prefix, lim[1], lim)
       local f = log_fit(prefix, lim[1], lim, s, w, scale)
       if f < 0 then return -1, 'request larger than a limit of ' .. sc[1], 0, false end
       if f > at then at = f end
-      local I, paced = bucket_of(lim, wmargin(lim[1]))
+      local I, paced = bucket_of(lim, margin)
       for u = 1, 4 do
         local l = lim[u + 1]
         if l > 0 then
@@ -161,12 +161,11 @@ local function append(kid, spec, at, rid, w)
   for _, sc in ipairs(scopes(kid, spec)) do
     for _, lim in ipairs(sc[2]) do
       local prefix = sc[1] .. SEP .. lim[1] .. SEP
-      local s = trim(prefix, lim[1])
+      local s = trim(prefix, lim[1], lim)
       redis.call('ZADD', KEYS[4], 0, prefix .. pad(at) .. SEP .. rid .. SEP .. wstr(w))
       for u = 1, 4 do s[u] = s[u] + w[u] end
       if at > s[5] then s[5] = at end
-      local I = bucket_of(lim, 0)
-      if I then bucket_added(s, at, w[1], I) end
+      bucket_added(s, at, w[1])
       write_sums(prefix, s)
       prefixes[#prefixes + 1] = prefix
     end
@@ -186,17 +185,17 @@ local function moves_to_now(kid, spec, rec)
     for _, lim in ipairs(sc[2]) do
       local ms = lim[1]
       local prefix = sc[1] .. SEP .. ms .. SEP
-      trim(prefix, ms)
+      trim(prefix, ms, lim)
       local lower = math.max(rec.t, now - ms - wmargin(ms))
       local lo = '(' .. prefix .. pad(lower) .. '\255'
       local hi = '(' .. prefix .. '\255'
       local tokens = lim[3] > 0 or lim[4] > 0 or lim[5] > 0
-      local I, paced = bucket_of(lim, wmargin(ms))
+      local I, paced = bucket_of(lim, margin)
       local requests = lim[2]
       if paced then
         -- a bucket row's request count: the arrival time alone (its entries are out already)
         local s = read_sums(prefix)
-        if (s[6] or 0) + rec.w[1] * I - (requests * I - wmargin(ms)) > now then return false end
+        if (s[6] or 0) + rec.w[1] * I - (requests * I - margin) > now then return false end
         requests = 0
       end
       if not tokens then

@@ -6,6 +6,7 @@
 -- KEYS[3]  state     hash  key_id -> state JSON {s,u,r,fp} (absent: active)
 -- KEYS[4]  log       zset  lex (score 0): "<scope>\31<ms>\31<ts 15 digits>\31<rid>\31r,t,i,o"
 -- KEYS[5]  sums      hash  "<scope>\31<ms>\31" -> "r t i o last_ts" of the live entries
+--                           (a bucket row adds "T I": bucketlib.lua)
 -- KEYS[6]  res       hash  reservation id -> record JSON
 -- KEYS[7]  rexp      zset  reservation id -> epoch ms when the record is dropped
 -- KEYS[8]  lease     zset  "<key>\31<group>\31<rid>" -> epoch ms when the lease expires
@@ -39,7 +40,7 @@ for i = 11, #ARGV do models[#models + 1] = ARGV[i] end
 -- has no room: entries are then appended in time order); -1: never (w > limit)
 local function log_fit(prefix, ms, lim, s, w)
   local need = false
-  local I, paced = bucket_of(lim, wmargin(ms))
+  local I, paced = bucket_of(lim, margin)
   for u = 1, 4 do
     local l = lim[u + 1]
     if l > 0 and not (u == 1 and paced) then
@@ -51,7 +52,7 @@ local function log_fit(prefix, ms, lim, s, w)
   if paced then
     -- a bucket row's request count: its theoretical arrival time decides (bucketlib)
     if w[1] > lim[2] then return -1 end
-    local b = (s[6] or 0) + w[1] * I - (lim[2] * I - wmargin(ms))
+    local b = (s[6] or 0) + w[1] * I - (lim[2] * I - margin)
     if b > at then at = math.ceil(b) end
   end
   -- the live total (booked future entries included) leaves room: no window can hold more
@@ -119,14 +120,16 @@ local function key_fit(kid, spec, w)
   for _, sc in ipairs(scopes(kid, spec)) do
     for _, lim in ipairs(sc[2]) do
       local prefix = sc[1] .. SEP .. lim[1] .. SEP
-      local s = trim(prefix, lim[1])
+      local s = trim(prefix, lim[1], lim)
       local f = log_fit(prefix, lim[1], lim, s, w)
       if f < 0 then return -1, 'request larger than a limit of ' .. sc[1], 0 end
       if f > at then at = f end
+      local I, paced = bucket_of(lim, margin)
       for u = 1, 4 do
         local l = lim[u + 1]
         if l > 0 then
           local h = (l - s[u] - w[u]) / l
+          if u == 1 and paced then h = (l - math.max(0, (s[6] or 0) - now) / I - w[1]) / l end
           if h < head then head = h end
         end
       end
@@ -158,12 +161,11 @@ local function append(kid, spec, at)
   for _, sc in ipairs(scopes(kid, spec)) do
     for _, lim in ipairs(sc[2]) do
       local prefix = sc[1] .. SEP .. lim[1] .. SEP
-      local s = trim(prefix, lim[1])
+      local s = trim(prefix, lim[1], lim)
       redis.call('ZADD', KEYS[4], 0, prefix .. pad(at) .. SEP .. rid .. SEP .. wstr(W))
       for u = 1, 4 do s[u] = s[u] + W[u] end
       if at > s[5] then s[5] = at end
-      local I = bucket_of(lim, 0)
-      if I then bucket_added(s, at, W[1], I) end
+      bucket_added(s, at, W[1])
       write_sums(prefix, s)
       prefixes[#prefixes + 1] = prefix
     end

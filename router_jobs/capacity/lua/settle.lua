@@ -3,7 +3,8 @@
 --
 -- KEYS[1] res       hash  reservation id -> record JSON (written by reserve.lua)
 -- KEYS[2] log       zset  lex window-log entries of the pool
--- KEYS[3] sums      hash  "<scope>\31<ms>\31" -> "r t i o last_ts"
+-- KEYS[3] sums      hash  "<scope>\31<ms>\31" -> "r t i o last_ts" (a bucket row adds
+--                   "T I", kept true here: bucketlib.lua)
 -- KEYS[4] lease     zset  lease member -> expiry ms
 -- KEYS[5] inflight  hash  "k:<key_id>" / "g:<group>" -> leases held
 -- KEYS[6] stats     hash  "<key_id>\31ovt" / "\31ovn" -> overrun tokens / overrun calls
@@ -57,7 +58,7 @@ local function restamp(ts, neww)
         if not neww then
           bucket_taken_out(KEYS[2], prefix, s, rec.t, rec.w[1])
         elseif ts > rec.t then
-          bucket_moved_later(KEYS[2], prefix, s, rec.t, ts, neww[1])
+          bucket_moved_later(KEYS[2], prefix, s, rec.t, neww[1])
         end
       end
       for u = 1, 4 do if s[u] < 0 then s[u] = 0 end end

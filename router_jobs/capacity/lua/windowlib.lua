@@ -54,11 +54,13 @@ end
 local function wmargin(ms) return math.min(margin, math.max(5, math.floor(ms / 40))) end
 
 -- drop entries that left the window (ts + ms + wmargin(ms) <= now); return the live sums
+-- (given the row `lim`, a bucket row's T is made true for it first: bucketlib)
 local trimmed = {}
-local function trim(prefix, ms)
+local function trim(prefix, ms, lim)
   local s = read_sums(prefix)
   if trimmed[prefix] then return s end
   trimmed[prefix] = true
+  if lim and bucket_prepare(s, lim, now) then write_sums(prefix, s) end
   local hi = '(' .. prefix .. pad(now - ms - wmargin(ms) + 1)
   local changed = false
   while true do
