@@ -271,7 +271,8 @@ def run_worker_matrix(url: str, *, modes: list[str], rates: list[int], overs: li
                       keys: int = 4, processes: int = 2, threads: int = 32, latency: float = 0.1,
                       interactive_every: float = 0.0, ceiling: float | None = None,
                       json_path: str | None = None, reserve: str | None = None,
-                      interactive_cold: bool = False, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                      interactive_cold: bool = False, env: dict[str, str] | None = None,
+                      announce: bool = False) -> list[dict[str, Any]]:
     """One batch per (mode, rate per minute, oversubscription) through real worker processes
     against fake providers enforcing ``mode``. Windows are ``window_s`` long and hold
     rate x window_s / 60 requests (so a 10 s window keeps each rate per minute).
@@ -289,11 +290,12 @@ def run_worker_matrix(url: str, *, modes: list[str], rates: list[int], overs: li
                 jobs = int(over * keys * limit)
                 run = run_batch(url, keys=keys, limit=limit, window_s=window_s, jobs=jobs, processes=processes,
                                 threads=threads, latency=latency, mode=mode, interactive_every=interactive_every,
-                                interactive_cold=interactive_cold,
+                                interactive_cold=interactive_cold, announce=announce,
                                 extra_env={**(env or {}), **({"ROUTER_INTERACTIVE_RESERVE": reserve} if reserve else {})})
                 row = {**run.as_dict(), "rate_per_min": rate, "over": over, "processes": processes,
                        "threads": threads, "interactive_every_s": interactive_every or None,
-                       "interactive_cold": interactive_cold, "reserve": reserve or "auto", "env": env or {}}
+                       "interactive_cold": interactive_cold, "reserve": reserve or "auto", "env": env or {},
+                       "announce": announce}
                 row.update(bound_columns(row, ceiling))
                 rows.append(row)
                 print_matrix_row(row, flush=True)
@@ -414,6 +416,8 @@ def main() -> None:
                     help="submit one interactive job this often during each batch (0: none)")
     ap.add_argument("--cold", action="store_true",
                     help="interactive jobs start with the batch (the pool has seen none before it)")
+    ap.add_argument("--announce", action="store_true",
+                    help="an interactive client (as a running gateway does) announces itself before the batch")
     ap.add_argument("--reserve", choices=["auto", "always", "off"],
                     help="ROUTER_INTERACTIVE_RESERVE for the workers and the producer (default: auto)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -453,7 +457,7 @@ def main() -> None:
                                      keys=ns.keys, processes=ns.processes, threads=ns.threads,
                                      latency=ns.latency, interactive_every=ns.interactive_every,
                                      ceiling=ceiling, json_path=ns.json, reserve=ns.reserve,
-                                     interactive_cold=ns.cold,
+                                     interactive_cold=ns.cold, announce=ns.announce,
                                      env=dict(e.split("=", 1) for e in ns.env))
             print_summary(summarize(rows))
     finally:

@@ -179,7 +179,8 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
               processes: int = 2, threads: int = 8, latency: float = 0.0,
               extra_env: dict[str, str] | None = None, mode: str = "rolling", burst: int = 0,
               interactive_every: float = 0.0, interactive_cold: bool = False, margin_ms: int | None = None,
-              declared_limit: int | None = None, declared_window_s: float | None = None) -> CapacityRun:
+              declared_limit: int | None = None, declared_window_s: float | None = None,
+              announce: bool = False) -> CapacityRun:
     """Submit ``jobs`` batch jobs at once over ``keys`` OpenAI keys, each allowed ``limit``
     requests per ``window_s`` by the fake server in enforcement ``mode`` (the keys file names
     the same mode), and let the workers drain them. With ``interactive_every`` > 0, one
@@ -187,7 +188,8 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
     a few seconds before the batch (as beside a live chat service), or with ``interactive_cold``
     from the moment the batch was submitted (a pool that has seen no interactive work yet).
     ``declared_limit``/``declared_window_s`` make the keys file claim another limit than the
-    provider enforces (to provoke 429s)."""
+    provider enforces (to provoke 429s). ``announce``: an interactive client (a gateway) says
+    it serves before the batch comes (``Router.announce_interactive``)."""
     ns = f"cap{uuid.uuid4().hex[:8]}"
     names = {f"k{i}": f"sk-cap-{i}-{uuid.uuid4().hex}" for i in range(keys)}
     # the provider in its own process, as a real one is (its clock not held up by ours)
@@ -215,6 +217,8 @@ def run_batch(redis_url: str, *, keys: int = 4, limit: int = 60, window_s: float
             # that second would go through a worker first (two deliveries per job). A producer
             # of a running system has long read it: measure that.
             router.pool.registry.current(force=True)
+            if announce:
+                router.announce_interactive(3600)
             probe = None
             if interactive_every > 0 and not interactive_cold:
                 # interactive traffic is already running when the batch comes (as beside a live

@@ -393,6 +393,43 @@ def test_the_standing_reserve_follows_its_setting(r: redis.Redis, namespace: str
         _models_pool(r, namespace, {"a": 1}, interactive_reserve="sometimes")
 
 
+def test_an_announced_interactive_client_holds_the_reserve_before_its_first_job(
+        r: redis.Redis, namespace: str) -> None:
+    s = _models_pool(r, namespace, {"a": 100, "b": 100, "c": 100}, interactive_share=0.3,
+                     interactive_share_min=0.05, interactive_hold_ms=300)
+    assert s.held_share() == 0.0  # "auto", no interactive work seen: nothing held
+    s.announce_interactive(0.5)  # a gateway starts serving
+    assert s.held_share() == pytest.approx(0.05)
+    assert _burst(s, "a", "batch", 150, "a") == 95  # the least is held for its first job
+    time.sleep(0.6)  # the announcement lapsed (its gateway stopped renewing it)
+    assert s.held_share() == 0.0
+    assert _burst(s, "b", "batch", 150, "b") == 100
+    s.announce_interactive(60)
+    s.announce_interactive(0)  # withdrawn
+    assert _burst(s, "c", "batch", 150, "c") == 100
+
+
+def test_the_gateway_announces_itself_while_it_runs(r: redis.Redis, redis_url: str, namespace: str) -> None:
+    from router_jobs.gateway.state import Gateway, GatewayConfig
+
+    settings = Settings.from_env({"REDIS_URL": redis_url, "ROUTER_NAMESPACE": namespace})
+    keys = parse_keys({"keys": [{"key_id": "k0", "model_name": "m", "provider": "fake", "rpm": 100}]})
+    router = Router(settings, client=redis.Redis.from_url(redis_url), keys=keys)
+    gw = Gateway(settings, GatewayConfig(run_batches=False, announce_every=0.2), router=router)
+    try:
+        gw.start()
+        deadline = time.monotonic() + 5
+        while router.scheduler.held_share() == 0.0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert router.scheduler.held_share() == pytest.approx(settings.interactive_share_min)
+    finally:
+        import asyncio
+
+        asyncio.run(gw.close())
+        router.close()
+    assert gw._announcer is not None and not gw._announcer.is_alive()
+
+
 def test_no_interactive_share_holds_nothing(r: redis.Redis, namespace: str) -> None:
     s = _models_pool(r, namespace, {"a": 100, "b": 100}, interactive_share=0.0)
     assert _burst(s, "a", "interactive", 30, "i") == 30

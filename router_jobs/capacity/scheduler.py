@@ -69,6 +69,7 @@ class SchedulerScripts(ScriptSet):
 
     admit = lua("admit")
     claim = lua("claim")
+    announce = lua("announce")
 
 
 @dataclass(frozen=True)
@@ -303,10 +304,11 @@ class Scheduler:
         twice their recent arrival rate over the pool's request capacity, between
         ``interactive_share_min`` and ``interactive_share``; else the standing reserve
         ``interactive_share_min`` if ``interactive_reserve`` keeps it (``always``; ``auto``:
-        within 30 hold times of an interactive arrival); else 0."""
+        within 30 hold times of an interactive arrival, or while an interactive client
+        announces itself: :meth:`announce_interactive`); else 0."""
         if self.interactive_share <= 0:
             return 0.0
-        ia, start, di, dt = self.client.hmget(self._part("sched"), "ia", "is", "di", "dt")
+        ia, start, di, dt, il = self.client.hmget(self._part("sched"), "ia", "is", "di", "dt", "il")
         now = _server_ms(self.client)
         hold = self.interactive_hold_ms
         if ia is not None and now - int(ia) < hold:
@@ -318,10 +320,17 @@ class Scheduler:
             span = max(1000, now - int(start or now))
             rate = count / (half / 1000 / math.log(2) * (1 - 2.0 ** (-span / half)))
             return min(self.interactive_share, max(self.interactive_share_min, 2 * rate / capacity))
-        recent = ia is not None and now - int(ia) < 30 * hold
+        recent = (ia is not None and now - int(ia) < 30 * hold) or (il is not None and int(il) > now)
         if self.interactive_reserve == "always" or (self.interactive_reserve == "auto" and recent):
             return self.interactive_share_min  # the standing reserve for the next interactive job
         return 0.0
+
+    def announce_interactive(self, ttl_s: float = 30.0) -> None:
+        """Say that an interactive client (a gateway, a chat service) is serving for the next
+        ``ttl_s`` seconds (0: no longer): under ``interactive_reserve="auto"`` the least share
+        (``interactive_share_min``) is then held before its first interactive job arrives, so
+        that job does not wait for a batch's window to slide. Renew it while serving."""
+        self.scripts.announce(keys=[self._part("sched")], args=[max(0, int(ttl_s * 1000))])
 
     def admission_rate(self, model: str) -> float:
         """Requests per second the active keys serving ``model`` admit in the long run."""

@@ -282,6 +282,13 @@ class Router:
         seconds); None when it is not waiting in line (admitted, running, ended, unknown)."""
         return self.scheduler.position(job_id_of(job))
 
+    def announce_interactive(self, ttl: float = 30.0) -> None:
+        """Say that this client serves interactive work for the next ``ttl`` seconds (renew it
+        while serving; 0 withdraws): under ``ROUTER_INTERACTIVE_RESERVE=auto`` the least
+        interactive share is held before the first interactive job arrives (the gateway does
+        this by itself)."""
+        self.scheduler.announce_interactive(ttl)
+
     def cancel(self, job: JobRef) -> bool:
         """Cancel a job that has not started (or is waiting for room). True if cancelled."""
         return drive(self.client, rules.cancel_steps(self, job_id_of(job)))

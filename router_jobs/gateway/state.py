@@ -8,9 +8,12 @@ scripts and the batch driver's thread) and its async twin for the request paths.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from starlette.requests import Request
 
 from router_jobs.client.async_router import AsyncRouter
@@ -24,6 +27,7 @@ from router_jobs.gateway.streaming import EventSource, JobStreamEvents
 from router_jobs.gateway.tokens import TokenStore, VirtualKey
 from router_jobs.settings import Settings
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class GatewayConfig:
@@ -37,6 +41,10 @@ class GatewayConfig:
     run_batches: bool = True
     #: Redis connections of the request paths: each waiting completion or open stream holds one
     max_connections: int = 2000
+    #: say every ``announce_every`` s that an interactive client serves (Scheduler.announce_interactive):
+    #: under the default ``auto`` reserve the least interactive share is then held from the
+    #: start, so the first chat request beside a batch does not wait for its window (0: never)
+    announce_every: float = 10.0
 
 
 class Gateway:
@@ -57,14 +65,34 @@ class Gateway:
         self.driver = BatchDriver(self.router, self.batches, self.files, max_in_flight=config.batch_max_in_flight)
         self.metrics = GatewayMetrics()
         self.events: EventSource = JobStreamEvents(self.arouter, config.request_timeout)
+        self._stop_announcing = threading.Event()
+        self._announcer: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the batch driver (when this process runs batches)."""
+        """Start the batch driver (when this process runs batches) and the announcement that
+        an interactive client serves."""
         if self.config.run_batches:
             self.driver.start()
+        if self.config.announce_every > 0:
+            self._announcer = threading.Thread(target=self._announce, name="interactive-announce", daemon=True)
+            self._announcer.start()
+
+    def _announce(self) -> None:
+        # each announcement lasts three periods: a gateway that stops (or dies) lets it lapse
+        every = self.config.announce_every
+        while True:
+            try:
+                self.router.scheduler.announce_interactive(3 * every)
+            except redis.RedisError as exc:  # Redis away for a moment: the next period tries again
+                log.warning("interactive announcement failed: %s: %s", type(exc).__name__, exc)
+            if self._stop_announcing.wait(every):
+                return
 
     async def close(self) -> None:
-        """Stop the driver and release connections."""
+        """Stop the driver and the announcement, and release connections."""
+        self._stop_announcing.set()
+        if self._announcer is not None:
+            self._announcer.join(5.0)
         self.driver.stop()
         await self.arouter.aclose()
 

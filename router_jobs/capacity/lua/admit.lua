@@ -10,7 +10,8 @@
 -- KEYS[13] grants  hash  job id -> reservation id of its admission ('!'..reason: refused)
 -- KEYS[14] meta    hash  'due' next admission ms, 'seq', 'ia' last interactive arrival ms,
 --                        'is' when interactive arrivals began (after a pause of 30 holds),
---                        'di' decayed count of interactive arrivals as of 'dt' ms
+--                        'di' decayed count of interactive arrivals as of 'dt' ms,
+--                        'il' ms until which an interactive client said it serves (announce.lua)
 -- KEYS[15] stream of the 'interactive' queue     KEYS[16] stream of the 'batch' queue
 -- KEYS[17..] per pool model, in ARGV order: free zset, line zset (lex members
 --            "<class>\31<tag 15 digits>\31<seq 12 digits>\31<job id>")
@@ -24,7 +25,8 @@
 --         stamped at that future moment and the worker starts the call then (see claim.lua)
 -- ARGV[10] least of each key held while interactive jobs arrive (the share adapts in between)
 -- ARGV[11] standing reserve: 'auto' (the least stays held within 30 holds of an interactive
---          arrival), 'always' (held from the start), 'off' (held only within a hold)
+--          arrival, or while an interactive client announces itself), 'always' (held from the
+--          start), 'off' (held only within a hold)
 -- ARGV[12] the pool's request capacity per second (0: unknown; then the most is held)
 -- ARGV[13] number of models M   ARGV[14..13+M] models
 -- ARGV[14+M..] enqueue: '1' to go to the head of the line, then demand JSONs; remove: job ids;
@@ -208,9 +210,11 @@ local batch_scale = 1
 if share > 0 then
   if ia > 0 and now - ia < hold then
     batch_scale = 1 - held_now()
-  elseif reserve == 'always' or (reserve == 'auto' and ia > 0 and now - ia < 30 * hold) then
-    -- no interactive job lately: the least stays held, so that the next one finds room at once
-    -- instead of waiting for a batch's window to slide
+  elseif reserve == 'always' or (reserve == 'auto' and ((ia > 0 and now - ia < 30 * hold)
+      or tonumber(redis.call('HGET', KEYS[14], 'il') or '0') > now)) then
+    -- no interactive job lately (or none yet, but an interactive client is serving): the least
+    -- stays held, so that the next one finds room at once instead of waiting for a batch's
+    -- window to slide
     batch_scale = 1 - share_min
   end
 end
