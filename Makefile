@@ -24,7 +24,7 @@ lint: $(VENV)/.installed
 
 # Every benchmark once, each printing its figure beside what it is compared with. The capacity
 # line runs one representative cell per enforcement mode (20 s windows); `bench-matrix` runs
-# every mode x {60, 150, 600}/min x {2, 5}x oversubscription at 60 s windows (over an hour).
+# every mode x {60, 150, 600}/min x {2, 5}x oversubscription at 60 s windows (about an hour on 2 cores).
 bench: $(VENV)/.installed
 	$(PY) benchmarks/broker_throughput.py
 	$(PY) benchmarks/latency.py
