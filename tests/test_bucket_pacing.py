@@ -286,3 +286,21 @@ def test_taking_out_an_entry_with_hundreds_stamped_after_it_keeps_a_bound(r: red
     after = stored_tat(r, namespace)
     assert exact_tat(t, 1.0) - 0.01 <= after <= before
     assert lowest_level(t, 2000 - 20, 1.0) >= -1e-6
+
+
+def test_a_quota_group_takes_its_keys_provider_model_unless_it_names_its_own() -> None:
+    from router_jobs.capacity.registry import group_provider, group_spec
+
+    kf = parse_keys({"keys": [{"key_id": "a", "model_name": "m", "provider": "anthropic", "quota_group": "p"},
+                              {"key_id": "b", "model_name": "m", "provider": "anthropic", "quota_group": "p"},
+                              {"key_id": "c", "model_name": "m", "provider": "openai", "quota_group": "mixed"},
+                              {"key_id": "d", "model_name": "m", "provider": "gemini", "quota_group": "mixed"}],
+                     "quota_groups": [{"name": "p", "rpm": 50}, {"name": "mixed", "rpm": 60},
+                                      {"name": "own", "rpm": 60, "enforcement": {"mode": "quantized"}}]})
+    groups = {g.name: g for g in kf.quota_groups}
+    # an Anthropic project's limit is its bucket; a group of mixed providers stays rolling
+    assert group_provider("p", kf.keys) == "anthropic"
+    assert group_spec(groups["p"], group_provider("p", kf.keys))["L"] == [[60_000, 50, 0, 0, 0, 1]]
+    assert group_provider("mixed", kf.keys) is None
+    assert group_spec(groups["mixed"], None)["L"] == [[60_000, 60, 0, 0, 0]]
+    assert group_spec(groups["own"], "anthropic")["L"] == [[1000, 1, 0, 0, 0], [60_000, 60, 0, 0, 0]]

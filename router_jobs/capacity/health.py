@@ -35,7 +35,7 @@ import redis
 
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import KeyConfig
-from router_jobs.capacity.registry import RegistryCache, compile_limits
+from router_jobs.capacity.registry import RegistryCache, compile_limits, group_provider
 
 if TYPE_CHECKING:
     from router_jobs.capacity.redis_pool import CapacityScripts
@@ -134,7 +134,8 @@ class KeyHealth:
             if grp is not None:
                 group = {
                     "name": grp.name,
-                    "limits": self._usage(f"g:{grp.name}", compile_limits(grp), now),
+                    "limits": self._usage(f"g:{grp.name}", compile_limits(
+                        grp, group_provider(grp.name, self.cache.current().keys.values())), now),
                     "in_flight": int(self.client.hget(ks.pool_inflight(pool), f"g:{grp.name}") or 0),
                     "max_concurrency": grp.max_concurrency,
                 }

@@ -67,9 +67,17 @@ def key_spec(cfg: KeyConfig) -> dict[str, Any]:
     }
 
 
-def group_spec(group: QuotaGroup) -> dict[str, Any]:
-    """The compact JSON object reserve.lua reads for one quota group."""
-    return {"c": group.max_concurrency or 0, "L": compile_limits(group)}
+def group_provider(group: str, keys: Iterable[KeyConfig]) -> str | None:
+    """The provider of every key naming ``group`` when they share one (a provider project):
+    its enforcement model is the group's default too. None when they do not (or none does)."""
+    providers = {k.provider for k in keys if k.quota_group == group}
+    return providers.pop() if len(providers) == 1 else None
+
+
+def group_spec(group: QuotaGroup, provider: str | None = None) -> dict[str, Any]:
+    """The compact JSON object reserve.lua reads for one quota group (``provider``: the one
+    its keys share, whose enforcement model the group then takes unless it names its own)."""
+    return {"c": group.max_concurrency or 0, "L": compile_limits(group, provider)}
 
 
 def _dump(model: Any) -> str:
@@ -150,7 +158,7 @@ class RegistryStore:
             pipe.hdel(ks.pool_groups(pool), gone)
             pipe.hdel(ks.pool_group_spec(pool), gone)
         for group in keys_file.quota_groups:
-            self._write_group(pipe, group)
+            self._write_group(pipe, group, group_provider(group.name, keys_file.keys))
         for cfg in keys_file.keys:
             self._write_key(pipe, cfg)
         for model in old_models | new_models:
@@ -202,9 +210,9 @@ class RegistryStore:
         pipe.execute()
         return True
 
-    def _write_group(self, pipe: Any, group: QuotaGroup) -> None:
+    def _write_group(self, pipe: Any, group: QuotaGroup, provider: str | None) -> None:
         pipe.hset(self.ks.pool_groups(self.pool), group.name, _dump(group))
-        pipe.hset(self.ks.pool_group_spec(self.pool), group.name, json.dumps(group_spec(group)))
+        pipe.hset(self.ks.pool_group_spec(self.pool), group.name, json.dumps(group_spec(group, provider)))
 
     def _write_key(self, pipe: Any, cfg: KeyConfig) -> None:
         ks, pool = self.ks, self.pool
