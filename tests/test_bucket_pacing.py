@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 import redis
 
+from benchmarks.capacity_workers import lowest_bucket_level
 from router_jobs.backend.schema import RedisSchema
 from router_jobs.capacity.config import parse_keys
 from router_jobs.capacity.pool import Grant, ReserveRequest
@@ -59,14 +60,9 @@ def exact_tat(times: list[int], interval_ms: float) -> float:
 
 
 def lowest_level(times: list[int], capacity: float, interval_ms: float) -> float:
-    """Replay stamps against a bucket of ``capacity`` (full at the first) refilled one request
-    per ``interval_ms``; the lowest level it reaches (below 0: it would have refused one)."""
-    level, last, low = capacity, times[0], capacity
-    for t in times:
-        level = min(capacity, level + (t - last) / interval_ms) - 1
-        last = t
-        low = min(low, level)
-    return low
+    """The lowest level a bucket of ``capacity`` refilled one request per ``interval_ms``
+    reaches over these stamps (below 0: it would have refused one)."""
+    return lowest_bucket_level(times, capacity, interval_ms)
 
 
 def test_bucket_rows_are_marked_and_daily_rows_are_not() -> None:
