@@ -17,7 +17,7 @@ from router_jobs.backend.connection import resolve_redis_url
 from router_jobs.errors import ConfigError, JobValidationError, RouterJobsError
 from router_jobs.ops.workers import live_workers, stale_after
 from router_jobs.settings import Settings
-from router_jobs.worker.lifeline import die_with_parent
+from router_jobs.worker.lifeline import die_with_parent, launch_argv
 from router_jobs.worker.preflight import REFUSED, check_worker_config
 
 
@@ -134,9 +134,13 @@ def supervise(argv: list[str], env: dict[str, str], *, restart: bool = True) -> 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     supervisor = os.getpid()
+    launch = launch_argv(argv, supervisor)
     while True:
-        proc = subprocess.Popen(argv, env=env, start_new_session=True,
-                                preexec_fn=lambda: die_with_parent(signal.SIGTERM, supervisor))
+        if launch is not None:
+            proc = subprocess.Popen(launch, env=env, start_new_session=True)
+        else:  # no parent-death signal: a watchdog thread, started before exec
+            proc = subprocess.Popen(argv, env=env, start_new_session=True,
+                                    preexec_fn=lambda: die_with_parent(signal.SIGTERM, supervisor))
         code = proc.wait()
         if stopping or not restart or code in (0, REFUSED):
             return code
