@@ -238,15 +238,21 @@ class FakeProviderServer:
                     del counts[old]
         return None, 0.0
 
+    def _bucket_levels(self, key: str, limit: KeyLimit, now: float) -> tuple[float, float, float]:
+        """(requests, tokens) in ``key``'s bucket at ``now``, refilled since it was last charged,
+        and the moment they hold for (never before that charge); the caller holds the lock."""
+        cap_r, cap_t = float(limit.requests or 0), float(limit.tokens or 0)
+        level_r, level_t, at = self._buckets.get(key, (cap_r, cap_t, now))
+        now = max(now, at)  # a request whose handler ran late is charged when the bucket last was
+        dt = now - at
+        return (min(cap_r, level_r + dt * cap_r / limit.window), min(cap_t, level_t + dt * cap_t / limit.window),
+                now)
+
     def _admit_bucket(self, key: str, limit: KeyLimit, tokens: int, now: float) -> tuple[str | None, float]:
         with self._lock:
             cap_r = float(limit.requests or 0)
             cap_t = float(limit.tokens or 0)
-            level_r, level_t, at = self._buckets.get(key, (cap_r, cap_t, now))
-            now = max(now, at)  # a request whose handler ran late is charged when the bucket last was
-            dt = now - at
-            level_r = min(cap_r, level_r + dt * cap_r / limit.window)
-            level_t = min(cap_t, level_t + dt * cap_t / limit.window)
+            level_r, level_t, now = self._bucket_levels(key, limit, now)
             if limit.requests is not None and level_r < 1:
                 self._buckets[key] = (level_r, level_t, now)
                 return "rate_limit_requests", max(0.001, (1 - level_r) * limit.window / cap_r)
@@ -278,15 +284,12 @@ class FakeProviderServer:
         if limit.mode == "bucket":
             # a bucket says what it holds now, and when it is full again (Anthropic's reset)
             with self._lock:
-                cap_r, cap_t = float(limit.requests or 0), float(limit.tokens or 0)
-                level_r, level_t, at = self._buckets.get(key, (cap_r, cap_t, now))
-            dt = max(0.0, now - at)
+                level_r, level_t, _ = self._bucket_levels(key, limit, now)
+            cap_r, cap_t = float(limit.requests or 0), float(limit.tokens or 0)
             if limit.requests:
-                level_r = min(cap_r, level_r + dt * cap_r / limit.window)
                 rem_r = max(0, int(level_r))
                 reset = max(0.001, (cap_r - level_r) * limit.window / cap_r)
             if limit.tokens:
-                level_t = min(cap_t, level_t + dt * cap_t / limit.window)
                 rem_t = max(0, int(level_t))
                 reset_t = max(0.001, (cap_t - level_t) * limit.window / cap_t)
         if self.provider == "openai":

@@ -297,12 +297,13 @@ class RedisKeyPool:
         if rate_limit is None:
             return
         until = 0.0
-        cfg = self.registry.current().keys.get(grant.key_id)
-        if rate_limit.remaining_requests == 0 and cfg is not None and cfg.bucket_refill_s(cfg.provider) is not None:
-            # a bucket paced by its refill runs near empty by design: "0 requests left" says
-            # only that, and its reset (when it is full again) is no moment to wait for
-            rate_limit = RateLimitInfo(remaining_tokens=rate_limit.remaining_tokens,
-                                       reset_tokens_at=rate_limit.reset_tokens_at)
+        if rate_limit.remaining_requests == 0:
+            cfg = self.registry.current().keys.get(grant.key_id)
+            if cfg is not None and cfg.bucket_refill_s(cfg.provider) is not None:
+                # a bucket paced by its refill runs near empty by design: "0 requests left"
+                # says only that, and its reset (when it is full again) is no moment to wait for
+                rate_limit = RateLimitInfo(remaining_tokens=rate_limit.remaining_tokens,
+                                           reset_tokens_at=rate_limit.reset_tokens_at)
         if rate_limit.remaining_requests == 0:
             until = max(until, rate_limit.reset_requests_at or 0.0)
         if rate_limit.remaining_tokens == 0:

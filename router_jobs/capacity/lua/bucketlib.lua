@@ -112,6 +112,17 @@ local function bucket_of(lim, m)
   return I, (lim[2] - 1) * I >= m
 end
 
+-- earliest moment (ms; in the past when it fits now) a request of weight w1 fits a paced
+-- bucket row whose capacity for this request class is L requests (m: the pool's margin)
+local function bucket_fit(s, I, L, w1, m)
+  return (s[6] or 0) + w1 * I - math.max(L * I - m, w1 * I)
+end
+
+-- the share of the row's capacity l left after w1 more requests now (to rank keys)
+local function bucket_headroom(s, I, l, w1, now)
+  return (l - math.max(0, (s[6] or 0) - now) / I - w1) / l
+end
+
 -- make a row's T true for its spec before it is used (s: its sums, trimmed; now: server
 -- time); true when s changed. A row that was not a bucket row (a keys file that named
 -- another model, or an older version) has entries T never saw: its bucket is taken as empty

@@ -40,8 +40,7 @@ local function log_fit(prefix, ms, lim, s, w, scale)
   local I, paced = bucket_of(lim, margin)
   if paced then
     -- the request count of a bucket row: its theoretical arrival time alone decides
-    local tau = math.max(L[1] * I - margin, w[1] * I)
-    local b = (s[6] or 0) + w[1] * I - tau
+    local b = bucket_fit(s, I, L[1], w[1], margin)
     if b > at then at = math.ceil(b) end
     L[1] = 0
     if not token_need then return at end
@@ -126,7 +125,7 @@ local function key_fit(kid, spec, w, scale)
         local l = lim[u + 1]
         if l > 0 then
           local h = (l - s[u] - w[u]) / l
-          if u == 1 and paced then h = (l - math.max(0, (s[6] or 0) - now) / I - w[1]) / l end
+          if u == 1 and paced then h = bucket_headroom(s, I, l, w[1], now) end
           if h < head then head = h end
         end
       end
@@ -195,7 +194,7 @@ local function moves_to_now(kid, spec, rec)
       if paced then
         -- a bucket row's request count: the arrival time alone (its entries are out already)
         local s = read_sums(prefix)
-        if (s[6] or 0) + rec.w[1] * I - (requests * I - margin) > now then return false end
+        if bucket_fit(s, I, requests, rec.w[1], margin) > now then return false end
         requests = 0
       end
       if not tokens then

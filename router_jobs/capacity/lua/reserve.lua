@@ -52,7 +52,7 @@ local function log_fit(prefix, ms, lim, s, w)
   if paced then
     -- a bucket row's request count: its theoretical arrival time decides (bucketlib)
     if w[1] > lim[2] then return -1 end
-    local b = (s[6] or 0) + w[1] * I - (lim[2] * I - margin)
+    local b = bucket_fit(s, I, lim[2], w[1], margin)
     if b > at then at = math.ceil(b) end
   end
   -- the live total (booked future entries included) leaves room: no window can hold more
@@ -129,7 +129,7 @@ local function key_fit(kid, spec, w)
         local l = lim[u + 1]
         if l > 0 then
           local h = (l - s[u] - w[u]) / l
-          if u == 1 and paced then h = (l - math.max(0, (s[6] or 0) - now) / I - w[1]) / l end
+          if u == 1 and paced then h = bucket_headroom(s, I, l, w[1], now) end
           if h < head then head = h end
         end
       end
